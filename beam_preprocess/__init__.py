@@ -1,0 +1,1 @@
+"""Apache Beam job: text corpus -> sharded TFRecord windows + vocab + metadata."""

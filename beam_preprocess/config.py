@@ -1,0 +1,83 @@
+"""PreprocessConfig: the validated options of one preprocessing run."""
+
+import dataclasses
+from typing import Tuple
+
+from dataspec import tokenizer
+
+SPLIT_MODES = ("hash", "tail")
+COMPRESSIONS = ("gzip", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+  """Options of one preprocessing run (flag names equal field names).
+
+  Attributes:
+    input: file paths, directories or globs (local or gs://).
+    output_dir: where the dataset is written (local or gs://).
+    tokenizer: the TokenizerSpec (--tokenizer, --normalization, --lowercase,
+      --punctuation, --numbers, --line_eos).
+    window_length: L, the number of next-token targets per window (>= 2).
+    stride: tokens between window starts; 0 means window_length.
+    split_mode: "hash": whole documents go to validation by a hash of their id
+      (the path below the input's directory), so adding files never moves old
+      ones; "tail": the last `validation_fraction` of every document.
+    validation_fraction: in [0, 1).
+    max_vocab_size: the most ids, reserved included (0 = unlimited).
+    min_count: least count for a token to get an id.
+    num_shards: TFRecord files per split (0 = let the runner choose).
+    compression: "gzip" or "none".
+    chunk_bytes: target size of the byte ranges large files are cut into.
+    seed: seed of the in-chunk window shuffle.
+    overwrite: replace a complete dataset already in output_dir.
+  """
+  input: Tuple[str, ...]
+  output_dir: str
+  tokenizer: tokenizer.TokenizerSpec
+  window_length: int = 128
+  stride: int = 0
+  split_mode: str = "hash"
+  validation_fraction: float = 0.1
+  max_vocab_size: int = 0
+  min_count: int = 1
+  num_shards: int = 0
+  compression: str = "gzip"
+  chunk_bytes: int = 1 << 20
+  seed: int = 0
+  overwrite: bool = False
+
+  def __post_init__(self):
+    if not self.input:
+      raise ValueError("--input is required")
+    if not self.output_dir:
+      raise ValueError("--output_dir is required")
+    if self.window_length < 2:
+      raise ValueError(f"--window_length must be at least 2, got {self.window_length}")
+    if self.stride < 0:
+      raise ValueError(f"--stride must be >= 0, got {self.stride}")
+    if self.stride == 0:
+      object.__setattr__(self, "stride", self.window_length)
+    if self.split_mode not in SPLIT_MODES:
+      raise ValueError(f"Unrecognized --split_mode: {self.split_mode!r} "
+                       f"(choose from {', '.join(SPLIT_MODES)})")
+    if not 0 <= self.validation_fraction < 1:
+      raise ValueError("--validation_fraction must be in [0, 1), got "
+                       f"{self.validation_fraction}")
+    if self.max_vocab_size < 0 or 0 < self.max_vocab_size <= tokenizer.NUM_RESERVED:
+      raise ValueError(f"--max_vocab_size must be 0 (unlimited) or more than "
+                       f"{tokenizer.NUM_RESERVED}, got {self.max_vocab_size}")
+    if self.min_count < 1:
+      raise ValueError(f"--min_count must be at least 1, got {self.min_count}")
+    if self.num_shards < 0:
+      raise ValueError(f"--num_shards must be >= 0, got {self.num_shards}")
+    if self.compression not in COMPRESSIONS:
+      raise ValueError(f"Unrecognized --compression: {self.compression!r} "
+                       f"(choose from {', '.join(COMPRESSIONS)})")
+    if self.chunk_bytes < 4096:
+      raise ValueError(f"--chunk_bytes must be at least 4096, got {self.chunk_bytes}")
+
+  def to_json_dict(self) -> dict:
+    d = dataclasses.asdict(self)
+    d["input"] = list(self.input)
+    return d

@@ -1,0 +1,130 @@
+r"""Preprocess a text corpus into sharded TFRecord windows, vocab and metadata.
+
+Run on the bundled corpus (about 15 s on 2 cores; 1.1 MB of text gives ~7,800
+training windows of 128 chars and ~860 validation windows):
+
+  textgen-preprocess --input=data/tinyshakespeare.txt \
+      --output_dir=runs/shakespeare/data --tokenizer=char --window_length=128 \
+      --split_mode=tail --validation_fraction=0.1
+
+Any flag that is not one of ours is handed to Apache Beam as a pipeline
+option: `--runner=DataflowRunner --project=P --region=R
+--temp_location=gs://B/tmp --setup_file=./setup.py`, or
+`--direct_num_workers=2 --direct_running_mode=multi_processing` locally.
+"""
+
+import argparse
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from beam_preprocess import config as config_lib
+from beam_preprocess import pipeline
+from dataspec import tokenizer
+
+_INPUT = flags.DEFINE_list(
+    "input", None, "Files, directories or globs (local or gs://), comma separated.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Dataset directory to write.")
+_TOKENIZER = flags.DEFINE_enum("tokenizer", "char", tokenizer.TOKENIZER_TYPES,
+                               "Token unit.")
+_NORMALIZATION = flags.DEFINE_enum("normalization", "nfc", tokenizer.NORMALIZATIONS,
+                                   "Unicode normalization (char, word).")
+_LOWERCASE = flags.DEFINE_bool("lowercase", False, "Lowercase text (char, word).")
+_PUNCTUATION = flags.DEFINE_enum(
+    "punctuation", "split", tokenizer.PUNCTUATION_MODES,
+    "word: keep (white-space split only), split (marks are tokens), strip.")
+_NUMBERS = flags.DEFINE_enum("numbers", "keep", tokenizer.NUMBER_MODES,
+                             "word: keep numbers or replace them with N.")
+_LINE_EOS = flags.DEFINE_bool("line_eos", True, "word: <eos> at each line end.")
+_WINDOW_LENGTH = flags.DEFINE_integer(
+    "window_length", 128, "Next-token targets per window (window = L+1 ids).")
+_STRIDE = flags.DEFINE_integer("stride", 0, "Tokens between window starts; 0 = window_length.")
+_SPLIT_MODE = flags.DEFINE_enum("split_mode", "hash", config_lib.SPLIT_MODES,
+                                "hash: whole documents by id hash; tail: last part of each.")
+_VALIDATION_FRACTION = flags.DEFINE_float("validation_fraction", 0.1,
+                                          "Fraction for validation, in [0, 1).")
+_MAX_VOCAB_SIZE = flags.DEFINE_integer("max_vocab_size", 0,
+                                       "Most ids incl. reserved; 0 = unlimited.")
+_MIN_COUNT = flags.DEFINE_integer("min_count", 1, "Least count for a token to get an id.")
+_NUM_SHARDS = flags.DEFINE_integer("num_shards", 0, "Shards per split; 0 = runner decides.")
+_COMPRESSION = flags.DEFINE_enum("compression", "gzip", config_lib.COMPRESSIONS,
+                                 "TFRecord compression.")
+_CHUNK_BYTES = flags.DEFINE_integer("chunk_bytes", 1 << 20,
+                                    "Target bytes per chunk of a large file.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the in-chunk window shuffle.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a complete dataset.")
+
+flags.mark_flags_as_required(["input", "output_dir"])
+
+
+def beam_option_names():
+  """Every --option Apache Beam's PipelineOptions understands."""
+  from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
+
+  def subclasses(cls):
+    for sub in cls.__subclasses__():
+      yield sub
+      yield from subclasses(sub)
+
+  parser = argparse.ArgumentParser(add_help=False, conflict_handler="resolve")
+  for cls in subclasses(pipeline_options.PipelineOptions):
+    try:
+      cls._add_argparse_args(parser)  # pylint: disable=protected-access
+    except argparse.ArgumentError:
+      pass
+  return {opt for action in parser._actions for opt in action.option_strings}  # pylint: disable=protected-access
+
+
+def parse_flags(argv):
+  """Parses our flags; hands the rest to Beam, rejecting unknown ones."""
+  rest = flags.FLAGS(argv, known_only=True)
+  pipeline_args = rest[1:]
+  known = beam_option_names()
+  unknown = [a for a in pipeline_args
+             if a.startswith("--") and a.split("=", 1)[0] not in known]
+  if unknown:
+    print(f"FATAL Flags parsing error: unknown flag(s) {unknown} (neither a "
+          "textgen-preprocess flag nor an Apache Beam pipeline option)",
+          file=sys.stderr)
+    sys.exit(1)
+  return [rest[0]] + pipeline_args
+
+
+def config_from_flags() -> config_lib.PreprocessConfig:
+  return config_lib.PreprocessConfig(
+      input=tuple(_INPUT.value),
+      output_dir=_OUTPUT_DIR.value,
+      tokenizer=tokenizer.TokenizerSpec(
+          type=_TOKENIZER.value, normalization=_NORMALIZATION.value,
+          lowercase=_LOWERCASE.value, punctuation=_PUNCTUATION.value,
+          numbers=_NUMBERS.value, line_eos=_LINE_EOS.value),
+      window_length=_WINDOW_LENGTH.value,
+      stride=_STRIDE.value,
+      split_mode=_SPLIT_MODE.value,
+      validation_fraction=_VALIDATION_FRACTION.value,
+      max_vocab_size=_MAX_VOCAB_SIZE.value,
+      min_count=_MIN_COUNT.value,
+      num_shards=_NUM_SHARDS.value,
+      compression=_COMPRESSION.value,
+      chunk_bytes=_CHUNK_BYTES.value,
+      seed=_SEED.value,
+      overwrite=_OVERWRITE.value)
+
+
+def main(argv):
+  try:
+    config = config_from_flags()
+  except ValueError as err:
+    raise app.UsageError(str(err))
+  pipeline.run(config, pipeline_args=argv[1:])
+
+
+def run_main():
+  """Console-script entry point (textgen-preprocess)."""
+  app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run_main()

@@ -1,0 +1,211 @@
+"""build_pipeline(): the preprocessing graph, and run(): checks + run + report.
+
+  files --Sniff--> text files --Plan--> chunks --Reshuffle-->
+     +--BuildVocab (train chunks, counts summed across workers)--> vocab
+     +--Encode (vocab side input)--> train blobs, validation blobs, stats
+  blobs --WriteShards--> train-*.tfrecord.gz, validation-*.tfrecord.gz
+  Finalize (after all of the above): vocab.txt, config.json, metadata.json,
+  then COMPLETED last.
+"""
+
+import json
+from typing import Dict, List, Sequence
+
+from absl import logging
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_preprocess import config as config_lib
+from beam_preprocess import inputs
+from beam_preprocess import transforms
+from dataspec import SCHEMA_VERSION
+from dataspec import metadata as metadata_lib
+from dataspec import paths
+from dataspec import schema
+from dataspec import storage
+from dataspec import tokenizer as tokenizer_lib
+from dataspec import vocab as vocab_lib
+
+# Files a previous run may have left in output_dir; only these are removed.
+_OUTPUT_PATTERNS = ("train-*-of-*.tfrecord*", "validation-*-of-*.tfrecord*",
+                    "vocab.txt", "metadata.json", "config.json")
+
+
+def check_inputs(config: config_lib.PreprocessConfig):
+  """Matches --input and rejects corpora that cannot give a dataset.
+
+  Returns:
+    (files, skipped) as from inputs.match_inputs.
+  """
+  files, skipped = inputs.match_inputs(config.input)
+  longest = max(f.size for f in files)
+  if longest < config.window_length + 1:
+    raise ValueError(
+        f"--window_length={config.window_length} is longer than every "
+        f"document (the largest input has {longest} bytes, so fewer than "
+        f"{config.window_length + 1} tokens)")
+  if config.split_mode == "hash" and config.validation_fraction > 0:
+    num_val = sum(inputs.hash_fraction(f.document_id) < config.validation_fraction
+                  for f in files)
+    if num_val == 0 or num_val == len(files):
+      which = "validation" if num_val == 0 else "train"
+      raise ValueError(
+          f"--split_mode=hash with --validation_fraction="
+          f"{config.validation_fraction} leaves the {which} split empty: "
+          f"{len(files)} document(s) are split whole by a hash of their name. "
+          "Use --split_mode=tail to split every document by position, or "
+          "--validation_fraction=0.")
+  return files, skipped
+
+
+def prepare_output_dir(config: config_lib.PreprocessConfig):
+  """Refuses a complete dataset unless --overwrite; clears our old files.
+
+  COMPLETED is deleted first, so a run killed from here on leaves a directory
+  that no reader accepts.
+  """
+  dp = paths.DatasetPaths(config.output_dir)
+  storage.check_writable(config.output_dir)
+  if metadata_lib.is_complete(config.output_dir):
+    if not config.overwrite:
+      raise FileExistsError(
+          f"--output_dir={config.output_dir} already holds a complete dataset;"
+          " pass --overwrite to replace it")
+    logging.warning("Overwriting the dataset in %s", config.output_dir)
+  storage.delete(dp.completed)
+  for pattern in _OUTPUT_PATTERNS:
+    for path in storage.glob(storage.join(config.output_dir, pattern)):
+      logging.info("Removing %s from an earlier run", path)
+      storage.delete(path)
+
+
+def finalize(_, *, config: config_lib.PreprocessConfig, vocab: List[str],
+             stats: Dict[str, Dict[str, int]], files: Dict[str, List[str]],
+             skipped: List[dict]):
+  """Writes vocab.txt, config.json, metadata.json and, last, COMPLETED.
+
+  Raises:
+    ValueError: a split that should have windows has none (no COMPLETED).
+  """
+  spec = config.tokenizer
+  vocab_size = len(vocab) if spec.uses_vocab else tokenizer_lib.BYTE_VOCAB_SIZE
+  splits = {}
+  for split in paths.SPLITS:
+    s = stats.get(split, dict.fromkeys(transforms.STATS_KEYS, 0))
+    names = sorted(storage.basename(f) for f in files.get(split, []))
+    splits[split] = metadata_lib.SplitStats(**s, shards=len(names), files=names)
+  if splits["train"].windows == 0:
+    raise ValueError(
+        f"No training windows: --window_length={config.window_length} is "
+        "longer than every training document (or chunk)")
+  if config.validation_fraction > 0 and splits["validation"].windows == 0:
+    raise ValueError(
+        f"No validation windows: the validation part of the corpus is shorter "
+        f"than --window_length={config.window_length}; raise "
+        "--validation_fraction or lower --window_length")
+  dp = paths.DatasetPaths(config.output_dir)
+  fingerprint = ""
+  if spec.uses_vocab:
+    vocab_lib.write_vocab(dp.vocab, vocab)
+    fingerprint = vocab_lib.fingerprint(vocab)
+  storage.write_text(dp.config, json.dumps(config.to_json_dict(), indent=2) + "\n")
+  metadata = metadata_lib.DatasetMetadata(
+      schema_version=SCHEMA_VERSION,
+      tokenizer=spec.to_json_dict(),
+      vocab_size=vocab_size,
+      vocab_fingerprint=fingerprint,
+      token_dtype=schema.token_dtype_for(vocab_size),
+      window_length=config.window_length,
+      stride=config.stride,
+      compression=config.compression,
+      split_mode=config.split_mode,
+      validation_fraction=config.validation_fraction,
+      splits=splits,
+      skipped_files=sorted(skipped, key=lambda s: s["path"]),
+      inputs=list(config.input))
+  metadata_lib.write_dataset_metadata(config.output_dir, metadata)
+
+
+def build_pipeline(p: beam.Pipeline, *, config: config_lib.PreprocessConfig,
+                   files: Sequence[inputs.InputFile], skipped: Sequence[dict]):
+  """Adds the preprocessing steps to pipeline `p`."""
+  sniffed = (p
+             | "Files" >> beam.Create(list(files))
+             | "Sniff" >> beam.ParDo(transforms.SniffFiles()).with_outputs(
+                 transforms.SniffFiles.SKIPPED, main="text"))
+  chunks = (sniffed.text
+            | "Plan" >> beam.FlatMap(lambda f: inputs.plan_chunks(
+                [f], split_mode=config.split_mode,
+                validation_fraction=config.validation_fraction,
+                chunk_bytes=config.chunk_bytes))
+            | "Reshuffle" >> beam.Reshuffle())
+  vocab = chunks | "BuildVocab" >> transforms.BuildVocab(
+      spec=config.tokenizer, max_vocab_size=config.max_vocab_size,
+      min_count=config.min_count)
+  encoded = chunks | "Encode" >> beam.ParDo(
+      transforms.EncodeChunk(spec=config.tokenizer,
+                             window_length=config.window_length,
+                             stride=config.stride, seed=config.seed),
+      vocab=beam.pvalue.AsSingleton(vocab)).with_outputs(
+          transforms.EncodeChunk.STATS, *paths.SPLITS)
+  stats = (encoded[transforms.EncodeChunk.STATS]
+           | "SumStats" >> beam.CombinePerKey(transforms.sum_stats))
+  written = {}
+  for split in paths.SPLITS:
+    if split == "validation" and config.validation_fraction == 0:
+      continue
+    written[split] = encoded[split] | f"Write_{split}" >> transforms.WriteShards(
+        file_path_prefix=paths.DatasetPaths(config.output_dir).shard_prefix(split),
+        num_shards=config.num_shards, compression=config.compression)
+  skipped_all = ((sniffed[transforms.SniffFiles.SKIPPED],
+                  p | "EmptyFiles" >> beam.Create(list(skipped)))
+                 | "AllSkipped" >> beam.Flatten())
+  side_files = {f"files_{s}": beam.pvalue.AsList(pc) for s, pc in written.items()}
+
+  def _finalize(x, *, vocab, stats, skipped, **files_by_name):
+    files_by_split = {k[len("files_"):]: v for k, v in files_by_name.items()}
+    finalize(x, config=config, vocab=vocab, stats=stats, files=files_by_split,
+             skipped=skipped)
+
+  _ = (p
+       | "Start" >> beam.Create([None])
+       | "Finalize" >> beam.Map(_finalize, vocab=beam.pvalue.AsSingleton(vocab),
+                                stats=beam.pvalue.AsDict(stats),
+                                skipped=beam.pvalue.AsList(skipped_all),
+                                **side_files))
+
+
+def choose_runner(options: PipelineOptions):
+  """The runner named by --runner; for DirectRunner, its FnApiRunner engine.
+
+  Beam's DirectRunner first tries to download and start the Prism runner,
+  which needs network access and adds seconds; the FnApiRunner it falls back
+  to is the same batch engine and honours --direct_num_workers and
+  --direct_running_mode.
+  """
+  from apache_beam.options.pipeline_options import StandardOptions  # pylint: disable=g-import-not-at-top
+  runner = options.view_as(StandardOptions).runner
+  if runner in (None, "DirectRunner", "direct"):
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner  # pylint: disable=g-import-not-at-top
+    return FnApiRunner()
+  return None  # beam.Pipeline resolves the name from the options
+
+
+def run(config: config_lib.PreprocessConfig, *,
+        pipeline_args: Sequence[str] = ()) -> metadata_lib.DatasetMetadata:
+  """Checks inputs and output, runs the pipeline, returns the metadata."""
+  logging.info("The config:\n%s", json.dumps(config.to_json_dict(), indent=2))
+  files, skipped = check_inputs(config)
+  logging.info("%d input file(s), %.1f MB; %d empty file(s) skipped",
+               len(files), sum(f.size for f in files) / 1e6, len(skipped))
+  prepare_output_dir(config)
+  options = PipelineOptions(list(pipeline_args))
+  with beam.Pipeline(runner=choose_runner(options), options=options) as p:
+    build_pipeline(p, config=config, files=files, skipped=skipped)
+  metadata = metadata_lib.load_dataset_metadata(config.output_dir,
+                                                flag="output_dir")
+  for split, s in metadata.splits.items():
+    logging.info("%s: %d documents, %d tokens, %d windows in %d shard(s), "
+                 "%d unknown, %d dropped", split, s.documents, s.tokens,
+                 s.windows, s.shards, s.unknown_tokens, s.dropped_tokens)
+  return metadata

@@ -1,0 +1,8 @@
+"""The data contract shared by preprocessing, training and generation.
+
+Nothing here reads flags or touches TensorFlow on import: the Beam workers load
+this package without TensorFlow, and the trainer/generator import TensorFlow
+only inside the functions that need it (`schema.make_parse_fn`).
+"""
+
+SCHEMA_VERSION = 1

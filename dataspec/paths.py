@@ -1,0 +1,103 @@
+"""File names inside a dataset directory, a training run and an export.
+
+  dataset_dir/                      written by beam_preprocess
+    train-00000-of-00004.tfrecord.gz
+    validation-00000-of-00001.tfrecord.gz
+    vocab.txt  metadata.json  config.json
+    COMPLETED                       written last; holds metadata.json's sha256
+  model_dir/                        written by trainer
+    run.json                        dataset fingerprint, fixed at the first start
+    config.json
+    checkpoints/                    ckpt-<step>.* and the `checkpoint` index
+    tensorboard/train, tensorboard/validation
+    export/                         everything generate needs
+      model_config.json  weights.npz  vocab.txt  metadata.json  training.json
+      EXPORTED                      written last
+"""
+
+import dataclasses
+
+from dataspec import storage
+
+SPLITS = ("train", "validation")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetPaths:
+  root: str
+
+  @property
+  def vocab(self) -> str:
+    return storage.join(self.root, "vocab.txt")
+
+  @property
+  def metadata(self) -> str:
+    return storage.join(self.root, "metadata.json")
+
+  @property
+  def config(self) -> str:
+    return storage.join(self.root, "config.json")
+
+  @property
+  def completed(self) -> str:
+    return storage.join(self.root, "COMPLETED")
+
+  def shard_prefix(self, split: str) -> str:
+    return storage.join(self.root, split)
+
+  def shard(self, name: str) -> str:
+    return storage.join(self.root, name)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportPaths:
+  root: str
+
+  @property
+  def model_config(self) -> str:
+    return storage.join(self.root, "model_config.json")
+
+  @property
+  def weights(self) -> str:
+    return storage.join(self.root, "weights.npz")
+
+  @property
+  def vocab(self) -> str:
+    return storage.join(self.root, "vocab.txt")
+
+  @property
+  def metadata(self) -> str:
+    return storage.join(self.root, "metadata.json")
+
+  @property
+  def training(self) -> str:
+    return storage.join(self.root, "training.json")
+
+  @property
+  def completed(self) -> str:
+    return storage.join(self.root, "EXPORTED")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPaths:
+  root: str
+
+  @property
+  def run_info(self) -> str:
+    return storage.join(self.root, "run.json")
+
+  @property
+  def config(self) -> str:
+    return storage.join(self.root, "config.json")
+
+  @property
+  def checkpoints(self) -> str:
+    return storage.join(self.root, "checkpoints")
+
+  @property
+  def tensorboard(self) -> str:
+    return storage.join(self.root, "tensorboard")
+
+  @property
+  def export(self) -> ExportPaths:
+    return ExportPaths(storage.join(self.root, "export"))

@@ -1,0 +1,242 @@
+"""Tokenizers: `char`, `word` and `byte`, with fixed reserved ids.
+
+Reserved ids are the same for every tokenizer and are never produced from
+ordinary text:
+
+  id 0  <pad>  padding (never appears in a window; kept free for batching)
+  id 1  <unk>  a token outside the vocabulary (never produced by `byte`)
+  id 2  <eos>  end of line for the `word` tokenizer; the generator's stop token
+
+`char` and `word` tokenizers map text to ids with a vocabulary (vocab.txt,
+line number = id, reserved tokens on lines 0..2). `byte` needs no vocabulary:
+byte b has id b + 3, so every input is representable and nothing is unknown.
+
+Example:
+  >>> spec = TokenizerSpec(type="word", lowercase=True, punctuation="strip")
+  >>> Tokenizer(spec, vocab=["<pad>", "<unk>", "<eos>", "the", "cat"]).encode(
+  ...     "The cat, the DOG\\n").tolist()
+  [3, 4, 3, 1, 2]
+"""
+
+import collections
+import dataclasses
+import itertools
+import re
+import unicodedata
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+PAD_ID = 0
+UNK_ID = 1
+EOS_ID = 2
+RESERVED_TOKENS = ("<pad>", "<unk>", "<eos>")
+NUM_RESERVED = len(RESERVED_TOKENS)
+BYTE_VOCAB_SIZE = 256 + NUM_RESERVED
+
+TOKENIZER_TYPES = ("char", "word", "byte")
+NORMALIZATIONS = ("nfc", "nfkc", "none")
+PUNCTUATION_MODES = ("keep", "split", "strip")
+NUMBER_MODES = ("keep", "replace")
+NUMBER_TOKEN = "N"  # What `numbers="replace"` writes, as in the PTB corpus.
+
+# One regex per punctuation mode, with and without line ends as tokens.
+# (One findall over a whole chunk is the fastest tokenizer in pure Python;
+# str.translate + split measured 2x slower.)
+_WORD_PATTERNS = {
+    "keep": r"[^\s]+",  # split on white space only
+    "split": r"\w+|[^\w\s]",  # punctuation marks are tokens
+    "strip": r"\w+",  # punctuation is dropped (the Keras Tokenizer default)
+}
+_WORD_REGEXES = {(mode, eos): re.compile(("\n|" if eos else "") + pattern)
+                 for mode, pattern in _WORD_PATTERNS.items()
+                 for eos in (False, True)}
+_NUMBER = re.compile(r"\d[\d,.]*\Z")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerSpec:
+  """How text becomes tokens. Stored in metadata.json and in the export.
+
+  Attributes:
+    type: "char", "word" or "byte".
+    normalization: Unicode normalization of text before tokenizing ("nfc",
+      "nfkc" or "none"). Line ends "\\r\\n" always become "\\n". Not applied
+      by `byte`, which sees the raw bytes.
+    lowercase: lowercase text first (char and word).
+    punctuation: word only. "keep": split on white space and keep text as-is;
+      "split": punctuation marks become tokens of their own; "strip": drop
+      punctuation (what the Keras `Tokenizer` tutorial does).
+    numbers: word only. "keep", or "replace" every number token with "N".
+    line_eos: word only. Emit <eos> at every line end (PTB convention).
+  """
+  type: str = "char"
+  normalization: str = "nfc"
+  lowercase: bool = False
+  punctuation: str = "split"
+  numbers: str = "keep"
+  line_eos: bool = True
+
+  def __post_init__(self):
+    _check_choice("tokenizer", self.type, TOKENIZER_TYPES)
+    _check_choice("normalization", self.normalization, NORMALIZATIONS)
+    _check_choice("punctuation", self.punctuation, PUNCTUATION_MODES)
+    _check_choice("numbers", self.numbers, NUMBER_MODES)
+
+  @property
+  def uses_vocab(self) -> bool:
+    return self.type != "byte"
+
+  def to_json_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_json_dict(cls, d: Mapping) -> "TokenizerSpec":
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+      raise ValueError(f"Unknown tokenizer options {sorted(unknown)}")
+    return cls(**d)
+
+
+def _check_choice(name, value, choices):
+  if value not in choices:
+    raise ValueError(f"Unrecognized --{name}: {value!r} (choose from "
+                     f"{', '.join(choices)})")
+
+
+def normalize_text(text: str, spec: TokenizerSpec) -> str:
+  """Applies line-end, Unicode and case normalization of `spec` to `text`."""
+  if "\r" in text:
+    text = text.replace("\r\n", "\n")
+  if spec.normalization != "none":
+    form = spec.normalization.upper()
+    if not unicodedata.is_normalized(form, text):
+      text = unicodedata.normalize(form, text)
+  if spec.lowercase:
+    text = text.lower()
+  return text
+
+
+class Tokenizer:
+  """Encodes text to int32 ids and decodes ids to text.
+
+  Args:
+    spec: the tokenizer options.
+    vocab: tokens by id, reserved tokens first (required unless
+      `spec.type == "byte"`).
+
+  Raises:
+    ValueError: the vocabulary is missing or does not start with the reserved
+      tokens.
+  """
+
+  def __init__(self, spec: TokenizerSpec, vocab: Optional[Sequence[str]] = None):
+    self.spec = spec
+    if spec.type == "byte":
+      self.vocab = None
+      self.vocab_size = BYTE_VOCAB_SIZE
+      return
+    if vocab is None:
+      raise ValueError(f"The {spec.type!r} tokenizer needs a vocabulary")
+    if tuple(vocab[:NUM_RESERVED]) != RESERVED_TOKENS:
+      raise ValueError(f"Vocabulary must start with {RESERVED_TOKENS}, got "
+                       f"{tuple(vocab[:NUM_RESERVED])}")
+    self.vocab = list(vocab)
+    self.vocab_size = len(self.vocab)
+    self._ids = {tok: i for i, tok in enumerate(self.vocab)}
+    # Literal "<unk>"/"<eos>" in text (PTB writes them) map to the reserved
+    # ids; a literal "<pad>" must never become padding.
+    self._ids["<pad>"] = UNK_ID
+    if spec.type == "word":
+      self._ids["\n"] = EOS_ID
+    if spec.type == "char":
+      chars = [t for t in self.vocab[NUM_RESERVED:]]
+      if any(len(c) != 1 for c in chars):
+        raise ValueError("A char vocabulary holds single characters only")
+      size = max((ord(c) for c in chars), default=0) + 1
+      # Dense code point -> id table: one numpy gather encodes a whole chunk.
+      self._table = np.full(size, UNK_ID, dtype=np.int32)
+      for i, c in enumerate(chars, start=NUM_RESERVED):
+        self._table[ord(c)] = i
+
+  # ---- splitting (also used to count tokens for the vocabulary) ----------
+
+  def split_words(self, text: str) -> list:
+    """Word tokens of normalized `text`; "\\n" entries mark line ends when
+    `line_eos` is set."""
+    words = _WORD_REGEXES[self.spec.punctuation, self.spec.line_eos].findall(text)
+    if self.spec.numbers == "replace":
+      words = [NUMBER_TOKEN if w[0].isdigit() and _NUMBER.match(w) else w
+               for w in words]
+    return words
+
+  def count(self, text: str) -> collections.Counter:
+    """Counts vocabulary candidates in raw (unnormalized) `text`."""
+    text = normalize_text(text, self.spec)
+    if self.spec.type == "char":
+      codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+      counts = np.bincount(codepoints)
+      nonzero = np.flatnonzero(counts)
+      return collections.Counter(
+          {chr(cp): int(counts[cp]) for cp in nonzero})
+    if self.spec.type == "word":
+      counter = collections.Counter(self.split_words(text))
+      counter.pop("\n", None)
+      for reserved in RESERVED_TOKENS:
+        counter.pop(reserved, None)
+      return counter
+    raise ValueError("The byte tokenizer has no vocabulary to count")
+
+  # ---- encoding -----------------------------------------------------------
+
+  def encode(self, text: str) -> np.ndarray:
+    """Returns the ids of `text` as an int32 array of shape (num_tokens,)."""
+    if self.spec.type == "byte":
+      return self.encode_bytes(text.encode("utf-8"))
+    text = normalize_text(text, self.spec)
+    if self.spec.type == "char":
+      codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+      inside = codepoints < len(self._table)
+      ids = self._table[np.where(inside, codepoints, 0)]
+      return np.where(inside, ids, UNK_ID).astype(np.int32)
+    words = self.split_words(text)
+    # map() over dict.get runs in C; "\n" is in self._ids as <eos>.
+    return np.fromiter(map(self._ids.get, words, itertools.repeat(UNK_ID)),
+                       dtype=np.int32, count=len(words))
+
+  def encode_bytes(self, data: bytes) -> np.ndarray:
+    """Encodes raw bytes: decoded as UTF-8 (invalid bytes -> U+FFFD) unless
+    the tokenizer is `byte`, which takes them as they are."""
+    if self.spec.type == "byte":
+      return np.frombuffer(data, dtype=np.uint8).astype(np.int32) + NUM_RESERVED
+    return self.encode(data.decode("utf-8", errors="replace"))
+
+  # ---- decoding -----------------------------------------------------------
+
+  def decode(self, ids: Sequence[int]) -> str:
+    """Maps ids back to text. <pad> is dropped, <unk> is written as "<unk>"."""
+    ids = [int(i) for i in ids if int(i) != PAD_ID]
+    if self.spec.type == "byte":
+      data = bytes(i - NUM_RESERVED for i in ids if i >= NUM_RESERVED)
+      return data.decode("utf-8", errors="replace")
+    if self.spec.type == "char":
+      return "".join("\n" if i == EOS_ID else self.vocab[i] for i in ids)
+    pieces = []
+    for i in ids:
+      if i == EOS_ID:
+        pieces.append("\n")
+      else:
+        if pieces and pieces[-1] != "\n":
+          pieces.append(" ")
+        pieces.append(self.vocab[i])
+    return "".join(pieces)
+
+  def id_of(self, token: str) -> Optional[int]:
+    """The id of a single token, or None when it is not in the vocabulary."""
+    if self.spec.type == "byte":
+      data = token.encode("utf-8")
+      return data[0] + NUM_RESERVED if len(data) == 1 else None
+    if token in RESERVED_TOKENS:
+      return RESERVED_TOKENS.index(token)
+    return self._ids.get(token)

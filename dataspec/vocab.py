@@ -1,0 +1,81 @@
+"""vocab.txt: one token per line, id = line number (0-based).
+
+Tokens are written JSON-string escaped without the quotes, so a token that is
+itself a newline, a tab or a backslash fits on one line: "\\n" is written as the
+two characters `\\n`, a backslash as `\\\\`, a double quote as `\\"`. Lines 0..2
+are the reserved tokens `<pad>`, `<unk>`, `<eos>`.
+
+The order is deterministic: reserved tokens, then by count descending, then by
+token (code point order), so two runs over the same corpus give identical files.
+"""
+
+import hashlib
+import json
+from typing import List, Mapping, Sequence
+
+from dataspec import storage
+from dataspec import tokenizer
+
+
+def escape_token(token: str) -> str:
+  return json.dumps(token, ensure_ascii=False)[1:-1]
+
+
+def unescape_token(line: str) -> str:
+  return json.loads('"' + line + '"')
+
+
+def select_vocab(counts: Mapping[str, int], *, max_vocab_size: int,
+                 min_count: int) -> List[str]:
+  """Chooses the vocabulary from token counts.
+
+  Args:
+    counts: token -> number of occurrences in the training split.
+    max_vocab_size: the most ids, reserved ones included (0 = no limit).
+    min_count: tokens seen fewer times are left out (they become <unk>).
+
+  Returns:
+    Tokens by id, reserved tokens first.
+
+  Example:
+    >>> select_vocab({"b": 2, "a": 2, "c": 5, "d": 1}, max_vocab_size=5,
+    ...              min_count=2)
+    ['<pad>', '<unk>', '<eos>', 'c', 'a']
+  """
+  if max_vocab_size and max_vocab_size <= tokenizer.NUM_RESERVED:
+    raise ValueError(f"--max_vocab_size must be 0 or more than "
+                     f"{tokenizer.NUM_RESERVED}, got {max_vocab_size}")
+  kept = [(t, c) for t, c in counts.items()
+          if c >= min_count and t not in tokenizer.RESERVED_TOKENS]
+  kept.sort(key=lambda tc: (-tc[1], tc[0]))
+  if max_vocab_size:
+    kept = kept[:max_vocab_size - tokenizer.NUM_RESERVED]
+  return list(tokenizer.RESERVED_TOKENS) + [t for t, _ in kept]
+
+
+def format_vocab(tokens: Sequence[str]) -> str:
+  return "".join(escape_token(t) + "\n" for t in tokens)
+
+
+def write_vocab(path: str, tokens: Sequence[str]):
+  storage.write_text(path, format_vocab(tokens))
+
+
+def read_vocab(path: str) -> List[str]:
+  """Reads vocab.txt; raises ValueError naming the file on a bad line."""
+  text = storage.read_text(path)
+  tokens = []
+  for number, line in enumerate(text.split("\n")[:-1]):
+    try:
+      tokens.append(unescape_token(line))
+    except json.JSONDecodeError as err:
+      raise ValueError(f"{path}: line {number + 1} is not an escaped token: "
+                       f"{line!r}") from err
+  if tuple(tokens[:tokenizer.NUM_RESERVED]) != tokenizer.RESERVED_TOKENS:
+    raise ValueError(f"{path}: must start with {tokenizer.RESERVED_TOKENS}")
+  return tokens
+
+
+def fingerprint(tokens: Sequence[str]) -> str:
+  """A short hash that changes whenever any token or id changes."""
+  return hashlib.sha256(format_vocab(tokens).encode("utf-8")).hexdigest()[:16]

@@ -1,0 +1,1 @@
+"""Batch generation job: prompts in, samples out (JSONL)."""

@@ -1,0 +1,79 @@
+"""GenerateConfig: the validated options of one generation job."""
+
+import dataclasses
+from typing import Optional, Tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateConfig:
+  """Options of one generation job (flag names equal field names).
+
+  Attributes:
+    model_dir: a training model_dir (uses its export/) or an export directory.
+    prompts: a text file (one prompt per line) or JSONL ({"id", "prompt"}).
+    prompt: a single prompt (instead of --prompts).
+    output: the JSONL file to write; with --num_shards > 1 each shard writes
+      <output stem>-SSSSS-of-NNNNN.jsonl.
+    num_samples: samples per prompt.
+    max_new_tokens: tokens generated per sample (at most).
+    temperature: softmax temperature (> 0) for sampling.
+    top_k: sample among the k most likely tokens (0 = all).
+    top_p: nucleus sampling mass in (0, 1] (1 = off).
+    greedy: always take the most likely token.
+    seed: same seed and inputs give identical output.
+    stop: stop strings; a sample ends at the first one (which is cut off).
+      "<eos>" names the end token.
+    batch_size: samples decoded together.
+    shard_index, num_shards: this job's share of the prompts.
+    overwrite: rewrite an output that is already complete.
+  """
+  model_dir: str
+  output: str
+  prompts: Optional[str] = None
+  prompt: Optional[str] = None
+  num_samples: int = 1
+  max_new_tokens: int = 200
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  greedy: bool = False
+  seed: int = 0
+  stop: Tuple[str, ...] = ()
+  batch_size: int = 64
+  shard_index: int = 0
+  num_shards: int = 1
+  overwrite: bool = False
+
+  def __post_init__(self):
+    if not self.model_dir:
+      raise ValueError("--model_dir is required")
+    if not self.output:
+      raise ValueError("--output is required")
+    if (self.prompts is None) == (self.prompt is None):
+      raise ValueError("Give exactly one of --prompts (a file) or --prompt")
+    if self.prompt is not None and not self.prompt:
+      raise ValueError("--prompt is empty")
+    for name in ("num_samples", "max_new_tokens", "batch_size", "num_shards"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
+    if not self.greedy and self.temperature <= 0:
+      raise ValueError(f"--temperature must be > 0 when sampling, got {self.temperature}"
+                       " (use --greedy for argmax decoding)")
+    if self.top_k < 0:
+      raise ValueError(f"--top_k must be >= 0, got {self.top_k}")
+    if not 0 < self.top_p <= 1:
+      raise ValueError(f"--top_p must be in (0, 1], got {self.top_p}")
+    if not 0 <= self.shard_index < self.num_shards:
+      raise ValueError(f"--shard_index={self.shard_index} is not in [0, "
+                       f"--num_shards={self.num_shards})")
+
+  def settings(self) -> dict:
+    """The sampling settings recorded with every sample."""
+    return {"temperature": self.temperature, "top_k": self.top_k,
+            "top_p": self.top_p, "greedy": self.greedy, "seed": self.seed,
+            "max_new_tokens": self.max_new_tokens, "stop": list(self.stop)}
+
+  def to_json_dict(self) -> dict:
+    d = dataclasses.asdict(self)
+    d["stop"] = list(self.stop)
+    return d

@@ -1,0 +1,174 @@
+"""The whole pipeline on DirectRunner: outputs decode to exactly the windows."""
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from beam_preprocess import config as config_lib
+from beam_preprocess import inputs
+from beam_preprocess import pipeline
+from beam_preprocess import transforms
+from dataspec import metadata as M
+from dataspec import schema
+from dataspec import tokenizer as T
+from testutil import BEAM_ARGS, REPO, shakespeare_text
+
+
+def read_split(dataset_dir, meta, split):
+  files = [os.path.join(dataset_dir, f) for f in meta.splits[split].files]
+  ds = tf.data.TFRecordDataset(
+      files, compression_type="GZIP" if meta.compression == "gzip" else "")
+  parse = schema.make_parse_fn(window_length=meta.window_length,
+                               token_dtype=meta.token_dtype)
+  rows = [parse(b).numpy() for b in ds.batch(1000)]
+  return np.concatenate(rows) if rows else np.zeros((0, meta.window_length + 1))
+
+
+def _run(tmp_path, corpus, **kw):
+  kw.setdefault("tokenizer", T.TokenizerSpec(type="char"))
+  kw.setdefault("output_dir", str(tmp_path / "out"))
+  config = config_lib.PreprocessConfig(input=(str(corpus),), **kw)
+  return config, pipeline.run(config, pipeline_args=BEAM_ARGS)
+
+
+def test_tiny_dataset_decodes_to_exactly_the_expected_windows(tiny_corpus, tiny_dataset):
+  meta = M.load_dataset_metadata(str(tiny_dataset))
+  vocab = M.load_vocab_for(str(tiny_dataset), meta)
+  tok = T.Tokenizer(meta.tokenizer_spec, vocab=vocab)
+  files, _ = inputs.match_inputs([str(tiny_corpus)])
+  chunks = inputs.plan_chunks(files, split_mode="tail", validation_fraction=0.1,
+                              chunk_bytes=8192)
+  total_chars = sum(len(open(f.path, encoding="utf-8").read()) for f in files)
+  assert meta.splits["train"].tokens + meta.splits["validation"].tokens == total_chars
+  for split in ("train", "validation"):
+    expected = [tuple(w) for c in chunks if c.split == split
+                for w in schema.window_ids(tok.encode_bytes(transforms.read_chunk(c)),
+                                           window_length=32, stride=32)]
+    got = read_split(str(tiny_dataset), meta, split)
+    assert sorted(map(tuple, got)) == sorted(expected)
+    s = meta.splits[split]
+    assert s.windows == len(expected) > 0
+    assert s.documents == 3 and s.shards == len(s.files) >= 1
+    assert s.chunks == len([c for c in chunks if c.split == split])
+    # every token is in a window or counted as dropped (stride = window)
+    assert s.windows * 32 + s.chunks * 0 <= s.tokens
+    assert s.tokens - s.dropped_tokens == s.windows * 32 + s.chunks
+  assert meta.vocab_size == len(vocab) and meta.token_dtype == "uint8"
+
+
+def test_word_level_hash_split_many_files(tmp_path):
+  corpus = tmp_path / "corpus"
+  corpus.mkdir()
+  text = shakespeare_text(80_000).split("\n\n")
+  for i in range(20):
+    (corpus / f"part{i:02d}.txt").write_text("\n\n".join(text[i::20]))
+  config, meta = _run(tmp_path, corpus, tokenizer=T.TokenizerSpec(
+      type="word", lowercase=True, punctuation="strip"), window_length=16,
+                      split_mode="hash", validation_fraction=0.3,
+                      max_vocab_size=500, min_count=2)
+  val_docs = sum(inputs.hash_fraction(f"part{i:02d}.txt") < 0.3 for i in range(20))
+  assert meta.splits["validation"].documents == val_docs
+  assert meta.splits["train"].documents == 20 - val_docs
+  assert meta.vocab_size == 500 and meta.splits["train"].unknown_tokens > 0
+  got = read_split(config.output_dir, meta, "train")
+  assert got.shape == (meta.splits["train"].windows, 17)
+  assert got.max() < 500 and got.min() >= 1  # never padding
+
+
+def test_binary_empty_and_invalid_utf8_inputs(tmp_path):
+  corpus = tmp_path / "c"
+  corpus.mkdir()
+  (corpus / "good.txt").write_text(shakespeare_text(5000))
+  (corpus / "empty.txt").write_text("")
+  (corpus / "image.png").write_bytes(bytes.fromhex("89504e470d0a1a0a0000000d4948") +
+                                     os.urandom(3000))
+  # A Latin-1 file: mostly ASCII with 80 bytes that are not UTF-8.
+  (corpus / "latin1.txt").write_bytes(
+      "the caf\xe9 was na\xefve and quiet today\n".encode("latin-1") * 40)
+  _, meta = _run(tmp_path, corpus, window_length=16, split_mode="tail",
+                 validation_fraction=0.1)
+  reasons = {os.path.basename(s["path"]): s["reason"] for s in meta.skipped_files}
+  assert reasons == {"empty.txt": "empty", "image.png": "binary"}
+  # latin-1 bytes are not UTF-8: replaced by U+FFFD and counted.
+  invalid = sum(s.invalid_utf8 for s in meta.splits.values())
+  assert invalid == 80
+  assert meta.splits["train"].documents == 2
+
+
+def test_single_50mb_line_is_processed_in_chunks(tmp_path):
+  path = tmp_path / "oneline.txt"
+  block = b"abcdefghijklmnopqrstuvwxyz0123456789 " * 1000
+  with open(path, "wb") as f:
+    while f.tell() < 50 * 1024 * 1024:
+      f.write(block)
+  size = os.path.getsize(path)
+  _, meta = _run(tmp_path, path, tokenizer=T.TokenizerSpec(type="byte"),
+                 window_length=1024, split_mode="tail", validation_fraction=0.0,
+                 chunk_bytes=8 << 20, compression="none")
+  s = meta.splits["train"]
+  assert s.chunks >= 6 and s.tokens == size
+  # Only the tail of each chunk (less than a window) is lost.
+  assert s.dropped_tokens < s.chunks * 1024
+  assert s.windows == (size - s.dropped_tokens - s.chunks) // 1024
+
+
+def test_bad_inputs_fail_before_work(tmp_path, tiny_corpus):
+  with pytest.raises(FileNotFoundError, match="matched no files"):
+    _run(tmp_path, tmp_path / "missing-*.txt")
+  with pytest.raises(ValueError, match="--window_length must be at least 2"):
+    _run(tmp_path, tiny_corpus, window_length=1)
+  with pytest.raises(ValueError, match="--window_length=100000 is longer than every"):
+    _run(tmp_path, tiny_corpus, window_length=100_000)
+  for bad in (1.0, -0.1):
+    with pytest.raises(ValueError, match="--validation_fraction"):
+      _run(tmp_path, tiny_corpus, validation_fraction=bad)
+  single = tiny_corpus / "doc0.txt"
+  with pytest.raises(ValueError, match="--split_mode=tail"):
+    _run(tmp_path, single, split_mode="hash", validation_fraction=0.1)
+  assert not os.path.exists(tmp_path / "out" / "COMPLETED")
+
+
+def test_complete_output_is_refused_unless_overwrite(tmp_path, tiny_corpus):
+  kw = dict(window_length=32, split_mode="tail", validation_fraction=0.1)
+  _run(tmp_path, tiny_corpus, **kw)
+  with pytest.raises(FileExistsError, match="--overwrite"):
+    _run(tmp_path, tiny_corpus, **kw)
+  _, meta = _run(tmp_path, tiny_corpus, overwrite=True, num_shards=3, **kw)
+  assert len(glob.glob(str(tmp_path / "out" / "train-*"))) == 3 == meta.splits["train"].shards
+
+
+def test_failed_run_leaves_no_complete_dataset(tmp_path):
+  # The validation part (last 10% of a 400-byte file) is shorter than a
+  # window: the pipeline runs, then refuses to mark the output complete.
+  path = tmp_path / "small.txt"
+  path.write_text(shakespeare_text(400))
+  with pytest.raises(Exception, match="No validation windows"):
+    _run(tmp_path, path, window_length=64, split_mode="tail", validation_fraction=0.1)
+  assert not M.is_complete(str(tmp_path / "out"))
+
+
+def test_killed_run_is_not_read_as_complete(tmp_path):
+  corpus = tmp_path / "big.txt"
+  text = shakespeare_text(1_200_000).encode()
+  corpus.write_bytes(text * 8)
+  out = tmp_path / "out"
+  env = dict(os.environ, PYTHONPATH=REPO)
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "beam_preprocess.main", f"--input={corpus}",
+       f"--output_dir={out}", "--split_mode=tail", "--chunk_bytes=65536"] + BEAM_ARGS,
+      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 60
+  while time.time() < deadline and not glob.glob(str(out / "*beam-temp*")):
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert glob.glob(str(out / "*beam-temp*")), "the run ended before it was killed"
+  with pytest.raises(M.IncompleteDatasetError):
+    M.load_dataset_metadata(str(out))

@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny_corpus -> tiny_dataset -> (trainer tests) tiny_run.
+
+TensorFlow's CPU is split into 2 logical devices here, before anything else
+initializes TF, so MirroredStrategy tests get 2 replicas in this process.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("NO_GCE_CHECK", "true")
+os.environ.setdefault("GCE_METADATA_HOST", "127.0.0.1:9")
+_TESTS = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(_TESTS))
+sys.path.insert(0, _TESTS)
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0],
+    [tf.config.LogicalDeviceConfiguration()] * 2)
+
+from testutil import BEAM_ARGS, shakespeare_text  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+  """Three small real documents (tinyshakespeare slices) in a directory."""
+  root = tmp_path_factory.mktemp("corpus")
+  text = shakespeare_text(60_000)
+  thirds = [text[:20_000], text[20_000:40_000], text[40_000:]]
+  for i, part in enumerate(thirds):
+    (root / f"doc{i}.txt").write_text(part, encoding="utf-8")
+  return root
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tiny_corpus, tmp_path_factory):
+  """A char dataset (window 32, last 10% of each document for validation)."""
+  from beam_preprocess import config as config_lib  # pylint: disable=g-import-not-at-top
+  from beam_preprocess import pipeline  # pylint: disable=g-import-not-at-top
+  from dataspec import tokenizer  # pylint: disable=g-import-not-at-top
+  out = tmp_path_factory.mktemp("dataset")
+  config = config_lib.PreprocessConfig(
+      input=(str(tiny_corpus),), output_dir=str(out),
+      tokenizer=tokenizer.TokenizerSpec(type="char"), window_length=32,
+      split_mode="tail", validation_fraction=0.1, chunk_bytes=8192,
+      num_shards=2)
+  pipeline.run(config, pipeline_args=BEAM_ARGS)
+  return out

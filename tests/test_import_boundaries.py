@@ -1,0 +1,43 @@
+"""Each job imports only `dataspec` (and itself); dataspec imports no job."""
+
+import ast
+import os
+
+import pytest
+
+from testutil import REPO
+
+JOBS = ("beam_preprocess", "trainer", "generate")
+
+
+def _imports(package):
+  for root, _, files in os.walk(os.path.join(REPO, package)):
+    for name in files:
+      if name.endswith(".py"):
+        path = os.path.join(root, name)
+        tree = ast.parse(open(path, encoding="utf-8").read())
+        for node in ast.walk(tree):
+          if isinstance(node, ast.Import):
+            for alias in node.names:
+              yield path, alias.name.split(".")[0]
+          elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            yield path, node.module.split(".")[0]
+
+
+@pytest.mark.parametrize("package", JOBS + ("dataspec",))
+def test_no_job_imports_another(package):
+  assert os.path.isdir(os.path.join(REPO, package))
+  forbidden = set(JOBS) - {package}
+  bad = [(p, m) for p, m in _imports(package) if m in forbidden]
+  assert not bad, f"{package} imports another job: {bad}"
+
+
+def test_dataspec_and_beam_job_do_not_import_tensorflow_at_module_level():
+  for package in ("dataspec", "beam_preprocess"):
+    for path in os.listdir(os.path.join(REPO, package)):
+      if path.endswith(".py"):
+        tree = ast.parse(open(os.path.join(REPO, package, path)).read())
+        top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        names = {a.name for n in top for a in n.names} | {
+            n.module for n in top if isinstance(n, ast.ImportFrom)}
+        assert "tensorflow" not in names, f"{package}/{path} imports tensorflow"

@@ -1,0 +1,1 @@
+"""Keras Embedding+LSTM language model trained under tf.distribute."""

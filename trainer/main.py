@@ -1,0 +1,98 @@
+r"""Train the Embedding+LSTM language model on a preprocessed dataset.
+
+On the bundled corpus, on a 2-core CPU (about 3 minutes; validation loss
+about 1.9 nats/char, i.e. recognisable words):
+
+  textgen-train --dataset_dir=runs/shakespeare/data \
+      --model_dir=runs/shakespeare/model --train_steps=600 --batch_size=32
+
+Uses every local GPU (MirroredStrategy) by default; --strategy=multi_worker
+reads TF_CONFIG. Re-running the same command after a crash resumes from the
+last complete checkpoint; SIGTERM checkpoints and exits with code 143.
+"""
+
+from absl import app
+from absl import flags
+
+from trainer import config as config_lib
+
+_DATASET_DIR = flags.DEFINE_string("dataset_dir", None, "A complete beam_preprocess output.")
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Checkpoints, logs and export/.")
+_EMBEDDING_DIM = flags.DEFINE_integer("embedding_dim", 64, "Embedding width.")
+_UNITS = flags.DEFINE_integer("units", 256, "LSTM units per layer.")
+_NUM_LAYERS = flags.DEFINE_integer("num_layers", 2, "Stacked LSTM layers.")
+_DROPOUT = flags.DEFINE_float("dropout", 0.0, "Dropout after each LSTM layer.")
+_EMBEDDING_DROPOUT = flags.DEFINE_float("embedding_dropout", 0.0, "Dropout on embeddings.")
+_RECURRENT_DROPOUT = flags.DEFINE_float(
+    "recurrent_dropout", 0.0, "Dropout on the recurrent state (disables cuDNN).")
+_TIE_EMBEDDINGS = flags.DEFINE_bool("tie_embeddings", False, "Share input/output embeddings.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Global batch (all replicas).")
+_EPOCHS = flags.DEFINE_integer("epochs", 1, "Epochs (when --train_steps=0).")
+_TRAIN_STEPS = flags.DEFINE_integer("train_steps", 0, "Total steps; 0 = epochs.")
+_OPTIMIZER = flags.DEFINE_enum("optimizer", "adam", config_lib.OPTIMIZERS, "Optimizer.")
+_LEARNING_RATE = flags.DEFINE_float("learning_rate", 2e-3, "Peak learning rate.")
+_WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 0.0, "AdamW weight decay.")
+_WARMUP_STEPS = flags.DEFINE_integer("warmup_steps", 0, "Linear warm-up steps.")
+_SCHEDULE = flags.DEFINE_enum("schedule", "constant", config_lib.SCHEDULES, "Decay after warm-up.")
+_MIN_LR_RATIO = flags.DEFINE_float("min_learning_rate_ratio", 0.1, "Decay floor / peak.")
+_CLIP_NORM = flags.DEFINE_float("clip_norm", 1.0, "Global-norm gradient clipping; 0 = off.")
+_STRATEGY = flags.DEFINE_enum("strategy", "mirrored", config_lib.STRATEGIES,
+                              "tf.distribute strategy.")
+_NUM_CPU_DEVICES = flags.DEFINE_integer(
+    "num_cpu_devices", 0, "Split the CPU into N logical devices (testing).")
+_MIXED_PRECISION = flags.DEFINE_bool("mixed_precision", False, "mixed_float16 (GPU).")
+_SHUFFLE_BUFFER = flags.DEFINE_integer("shuffle_buffer", 10000, "Shuffle buffer (windows).")
+_LOG_EVERY = flags.DEFINE_integer("log_every", 50, "Steps between progress lines.")
+_EVAL_EVERY = flags.DEFINE_integer("eval_every", 0, "Steps between evaluations; 0 = per epoch.")
+_EVAL_STEPS = flags.DEFINE_integer("eval_steps", 0, "Validation batches; 0 = all.")
+_CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every", 500, "Steps between checkpoints.")
+_KEEP_CHECKPOINTS = flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept.")
+_EARLY_STOPPING_PATIENCE = flags.DEFINE_integer(
+    "early_stopping_patience", 0, "Evaluations without improvement before stopping; 0 = off.")
+_SEED = flags.DEFINE_integer("seed", 0, "Random seed (weights, dropout, data order).")
+_EXPORT_ONLY = flags.DEFINE_bool("export_only", False, "Export the latest checkpoint and exit.")
+
+flags.mark_flags_as_required(["dataset_dir", "model_dir"])
+
+
+def config_from_flags() -> config_lib.TrainConfig:
+  return config_lib.TrainConfig(
+      dataset_dir=_DATASET_DIR.value, model_dir=_MODEL_DIR.value,
+      embedding_dim=_EMBEDDING_DIM.value, units=_UNITS.value,
+      num_layers=_NUM_LAYERS.value, dropout=_DROPOUT.value,
+      embedding_dropout=_EMBEDDING_DROPOUT.value,
+      recurrent_dropout=_RECURRENT_DROPOUT.value,
+      tie_embeddings=_TIE_EMBEDDINGS.value, batch_size=_BATCH_SIZE.value,
+      epochs=_EPOCHS.value, train_steps=_TRAIN_STEPS.value,
+      optimizer=_OPTIMIZER.value, learning_rate=_LEARNING_RATE.value,
+      weight_decay=_WEIGHT_DECAY.value, warmup_steps=_WARMUP_STEPS.value,
+      schedule=_SCHEDULE.value, min_learning_rate_ratio=_MIN_LR_RATIO.value,
+      clip_norm=_CLIP_NORM.value, strategy=_STRATEGY.value,
+      num_cpu_devices=_NUM_CPU_DEVICES.value,
+      mixed_precision=_MIXED_PRECISION.value,
+      shuffle_buffer=_SHUFFLE_BUFFER.value, log_every=_LOG_EVERY.value,
+      eval_every=_EVAL_EVERY.value, eval_steps=_EVAL_STEPS.value,
+      checkpoint_every=_CHECKPOINT_EVERY.value,
+      keep_checkpoints=_KEEP_CHECKPOINTS.value,
+      early_stopping_patience=_EARLY_STOPPING_PATIENCE.value,
+      seed=_SEED.value, export_only=_EXPORT_ONLY.value)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  try:
+    config = config_from_flags()
+  except ValueError as err:
+    raise app.UsageError(str(err))
+  from trainer import train  # pylint: disable=g-import-not-at-top  (TF import after flag checks)
+  train.run(config)
+
+
+def run_main():
+  """Console-script entry point (textgen-train)."""
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run_main()

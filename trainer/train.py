@@ -1,0 +1,421 @@
+"""run(config): the distributed training loop, evaluation, checkpoints, export."""
+
+import json
+import math
+import os
+import signal
+import time
+
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+
+from dataspec import export as export_lib
+from dataspec import metadata as metadata_lib
+from dataspec import paths
+from dataspec import storage
+from dataspec import vocab as vocab_lib
+from trainer import checkpoints
+from trainer import data
+from trainer import model as model_lib
+from trainer import optim
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what Kubernetes expects
+
+
+class Preempted(SystemExit):
+  """Raised after the SIGTERM checkpoint is written."""
+
+  def __init__(self):
+    super().__init__(PREEMPTED_EXIT_CODE)
+
+
+def create_strategy(config) -> tf.distribute.Strategy:
+  """The tf.distribute strategy named by --strategy."""
+  if config.num_cpu_devices:
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+      tf.config.set_logical_device_configuration(
+          cpu, [tf.config.LogicalDeviceConfiguration()] * config.num_cpu_devices)
+    except RuntimeError:
+      if len(tf.config.list_logical_devices("CPU")) != config.num_cpu_devices:
+        raise
+  gpus = tf.config.list_logical_devices("GPU")
+  if config.strategy == "multi_worker":
+    if "TF_CONFIG" not in os.environ:
+      raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable")
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  if config.strategy == "one_device":
+    return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
+  if not gpus and len(tf.config.list_logical_devices("CPU")) > 1:
+    return tf.distribute.MirroredStrategy(
+        [d.name for d in tf.config.list_logical_devices("CPU")])
+  return tf.distribute.MirroredStrategy()
+
+
+def is_chief(strategy) -> bool:
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not resolver.cluster_spec().as_dict():
+    return True
+  task_type, task_id = resolver.task_type, resolver.task_id
+  has_chief = "chief" in resolver.cluster_spec().as_dict()
+  return task_type == "chief" or (not has_chief and task_type == "worker" and task_id == 0)
+
+
+def _run_fingerprint(meta, spec, config) -> dict:
+  return {
+      "schema_version": meta.schema_version,
+      "tokenizer": meta.tokenizer,
+      "vocab_size": meta.vocab_size,
+      "vocab_fingerprint": meta.vocab_fingerprint,
+      "window_length": meta.window_length,
+      "model": json.loads(spec.to_json()),
+      "batch_size": config.batch_size,
+      "seed": config.seed,
+  }
+
+
+def check_run_matches(run_paths: paths.RunPaths, fingerprint: dict, *, chief: bool):
+  """Refuses to resume a model_dir trained on another vocab/schema/model."""
+  if storage.exists(run_paths.run_info):
+    old = json.loads(storage.read_text(run_paths.run_info))
+    diffs = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+    if diffs:
+      detail = "; ".join(f"{k}: checkpoint has {old.get(k)!r}, now {fingerprint.get(k)!r}"
+                         for k in diffs)
+      raise ValueError(
+          f"--model_dir={run_paths.root} holds a run that does not match this "
+          f"--dataset_dir/flags ({detail}). Use a new --model_dir, or the "
+          "dataset and flags it was started with.")
+  elif chief:
+    storage.write_text(run_paths.run_info, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
+
+
+class Trainer:
+  """Owns the strategy, model, optimizer, data and the loop."""
+
+  def __init__(self, config):
+    self.config = config
+    self.meta = metadata_lib.load_dataset_metadata(config.dataset_dir)
+    self.vocab = metadata_lib.load_vocab_for(config.dataset_dir, self.meta)
+    self.train_files = data.split_files(config.dataset_dir, self.meta, "train")
+    has_val = self.meta.splits["validation"].windows > 0
+    self.val_files = data.split_files(config.dataset_dir, self.meta, "validation") if has_val else []
+    self.strategy = create_strategy(config)
+    self.replicas = self.strategy.num_replicas_in_sync
+    if config.batch_size % self.replicas:
+      raise ValueError(f"--batch_size={config.batch_size} is not divisible by "
+                       f"the {self.replicas} replicas")
+    self.chief = is_chief(self.strategy)
+    self.run_paths = paths.RunPaths(config.model_dir)
+    windows = self.meta.splits["train"].windows
+    self.steps_per_epoch = windows // config.batch_size
+    if self.steps_per_epoch == 0:
+      raise ValueError(f"--batch_size={config.batch_size} is larger than the "
+                       f"{windows} training windows")
+    self.total_steps = config.train_steps or config.epochs * self.steps_per_epoch
+    self.window_length = self.meta.window_length
+    self.spec = model_lib.model_spec_from_config(
+        config, vocab_size=self.meta.vocab_size, window_length=self.window_length)
+    logging.info("%d replica(s) (%s); global batch %d = %d per replica x %d; "
+                 "%d steps per epoch, %d steps in all",
+                 self.replicas, type(self.strategy).__name__, config.batch_size,
+                 config.batch_size // self.replicas, self.replicas,
+                 self.steps_per_epoch, self.total_steps)
+    if config.recurrent_dropout and tf.config.list_physical_devices("GPU"):
+      logging.warning("--recurrent_dropout > 0 disables the fused cuDNN LSTM "
+                      "kernel: expect several times slower training on GPU")
+    if config.mixed_precision:
+      if not tf.config.list_physical_devices("GPU"):
+        logging.warning("--mixed_precision on CPU is slow; it is meant for GPUs")
+      keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.utils.set_random_seed(config.seed)
+    with self.strategy.scope():
+      self.model = model_lib.build_model(
+          spec=self.spec, dropout=config.dropout,
+          embedding_dropout=config.embedding_dropout,
+          recurrent_dropout=config.recurrent_dropout, seed=config.seed)
+      self.optimizer, self.lr_schedule = optim.build_optimizer(
+          config, total_steps=self.total_steps)
+      self.optimizer.build(self.model.trainable_variables)
+      self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+      self.best_val_loss = tf.Variable(np.inf, dtype=tf.float64, trainable=False)
+      self.evals_since_best = tf.Variable(0, dtype=tf.int64, trainable=False)
+    ckpt = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
+                               step=self.step, best_val_loss=self.best_val_loss,
+                               evals_since_best=self.evals_since_best)
+    self.store = checkpoints.CheckpointStore(
+        directory=self.run_paths.checkpoints, checkpoint=ckpt,
+        keep=config.keep_checkpoints, is_chief=self.chief)
+    best_ckpt = tf.train.Checkpoint(model=self.model)
+    self.best_store = checkpoints.CheckpointStore(
+        directory=storage.join(self.run_paths.checkpoints, "best"),
+        checkpoint=best_ckpt, keep=1, is_chief=self.chief)
+    self._stop_requested = False
+    self._build_functions()
+
+  # ---- compiled steps ---------------------------------------------------
+
+  def _build_functions(self):
+    strategy, model, optimizer = self.strategy, self.model, self.optimizer
+    global_batch, length = self.config.batch_size, self.window_length
+    clip = self.config.clip_norm
+    replicas = float(self.replicas)
+    mixed = self.config.mixed_precision
+
+    def token_stats(targets, logits):
+      per_token = keras.losses.sparse_categorical_crossentropy(
+          targets, logits, from_logits=True)  # (batch, L)
+      correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), targets), tf.float32)
+      return per_token, tf.reduce_sum(correct)
+
+    def train_step(batch):
+      inputs, targets = batch  # (batch, L) each
+      with tf.GradientTape() as tape:
+        logits = model(inputs, training=True)  # (batch, L, vocab)
+        per_token, correct = token_stats(targets, logits)
+        loss = tf.reduce_sum(per_token) / float(global_batch * length)
+        scaled = optimizer.scale_loss(loss) if mixed else loss
+      variables = model.trainable_variables
+      grads = [tf.convert_to_tensor(g) for g in tape.gradient(scaled, variables)]
+      # Clip the global norm of the *summed* gradient: all-reduce here, then
+      # divide by the replica count because the optimizer sums replicas again.
+      ctx = tf.distribute.get_replica_context()
+      grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+      norm = tf.linalg.global_norm(grads)
+      if mixed:
+        norm = norm / tf.cast(optimizer.dynamic_scale, norm.dtype)
+      factor = tf.minimum(1.0, clip / (norm + 1e-6)) if clip else 1.0
+      grads = [g * (factor / replicas) for g in grads]
+      optimizer.apply_gradients(zip(grads, variables))
+      count = tf.cast(tf.size(targets), tf.float32)
+      return tf.reduce_sum(per_token), correct, count, norm
+
+    @tf.function
+    def train_loop(iterator, num_steps):
+      totals = [tf.constant(0.0)] * 4
+      for _ in tf.range(num_steps):
+        out = strategy.run(train_step, args=(next(iterator),))
+        out = [strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in out[:3]] + [
+            strategy.reduce(tf.distribute.ReduceOp.MEAN, out[3], axis=None)]
+        totals = [t + v for t, v in zip(totals, out)]
+      return totals
+
+    def eval_step(batch):
+      inputs, targets = batch
+      logits = model(inputs, training=False)
+      per_token, correct = token_stats(targets, logits)
+      return tf.reduce_sum(per_token), correct, tf.cast(tf.size(targets), tf.float32)
+
+    @tf.function
+    def eval_loop(iterator, num_steps):
+      totals = [tf.constant(0.0)] * 3
+      for _ in tf.range(num_steps):
+        out = strategy.run(eval_step, args=(next(iterator),))
+        totals = [t + strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                  for t, v in zip(totals, out)]
+      return totals
+
+    self._train_loop = train_loop
+    self._eval_loop = eval_loop
+
+  # ---- data --------------------------------------------------------------
+
+  def _train_iterator(self, epoch: int, skip_batches: int):
+    def fn(ctx):
+      return data.make_train_dataset(
+          ctx, files=self.train_files, meta=self.meta,
+          global_batch_size=self.config.batch_size, seed=self.config.seed,
+          epoch=epoch, skip_batches=skip_batches,
+          shuffle_buffer=self.config.shuffle_buffer)
+    return iter(self.strategy.distribute_datasets_from_function(fn))
+
+  def evaluate(self) -> dict:
+    if not self.val_files:
+      return {}
+    windows = self.meta.splits["validation"].windows
+    steps = max(1, windows // self.config.batch_size)
+    if self.config.eval_steps:
+      steps = min(steps, self.config.eval_steps)
+    def fn(ctx):
+      return data.make_eval_dataset(ctx, files=self.val_files, meta=self.meta,
+                                    global_batch_size=self.config.batch_size)
+    it = iter(self.strategy.distribute_datasets_from_function(fn))
+    loss_sum, correct, count = [float(v) for v in self._eval_loop(it, tf.constant(steps))]
+    loss = loss_sum / count
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50)),
+            "accuracy": correct / count}
+
+  # ---- the loop ------------------------------------------------------------
+
+  def _on_sigterm(self, signum, frame):  # pylint: disable=unused-argument
+    logging.warning("SIGTERM received: checkpointing at the next step boundary")
+    self._stop_requested = True
+
+  def _writers(self):
+    if not self.chief:
+      return tf.summary.create_noop_writer(), tf.summary.create_noop_writer()
+    tb = self.run_paths.tensorboard
+    return (tf.summary.create_file_writer(storage.join(tb, "train")),
+            tf.summary.create_file_writer(storage.join(tb, "validation")))
+
+  def run(self) -> dict:
+    config = self.config
+    check_run_matches(self.run_paths, _run_fingerprint(self.meta, self.spec, config),
+                      chief=self.chief)
+    if self.chief:
+      storage.write_text(self.run_paths.config,
+                         json.dumps(config.to_json_dict(), indent=2) + "\n")
+    restored = self.store.restore_latest()
+    if restored is not None:
+      logging.info("Resuming at step %d of %d", int(self.step.numpy()), self.total_steps)
+    if config.export_only:
+      if restored is None:
+        raise ValueError(f"--export_only: no checkpoint in {self.run_paths.checkpoints}")
+      return self.export({"step": int(self.step.numpy())})
+    previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+    try:
+      result = self._loop()
+    finally:
+      signal.signal(signal.SIGTERM, previous)
+      self.store.wait()
+      self.best_store.wait()
+    return self.export(result)
+
+  def _loop(self) -> dict:
+    config = self.config
+    train_writer, val_writer = self._writers()
+    eval_every = config.eval_every or self.steps_per_epoch
+    step = int(self.step.numpy())
+    last_eval = {}
+    epoch = None
+    iterator = None
+    start_time, start_step = time.time(), step
+    window_time, window_steps = time.time(), 0
+    totals = np.zeros(4)
+    while step < self.total_steps:
+      if epoch != step // self.steps_per_epoch:
+        epoch, offset = divmod(step, self.steps_per_epoch)
+        iterator = self._train_iterator(epoch, offset)
+      boundary = min(self.total_steps,
+                     (epoch + 1) * self.steps_per_epoch,
+                     (step // config.log_every + 1) * config.log_every,
+                     (step // config.checkpoint_every + 1) * config.checkpoint_every,
+                     (step // eval_every + 1) * eval_every)
+      num = boundary - step
+      out = self._train_loop(iterator, tf.constant(num))
+      step = boundary
+      self.step.assign(step)
+      totals[:3] += [float(v) for v in out[:3]]
+      totals[3] += float(out[3]) * num
+      window_steps += num
+      if step % config.log_every == 0 or step == self.total_steps:
+        self._log_progress(step, totals, window_steps, window_time, start_time,
+                           start_step, train_writer)
+        totals[:] = 0
+        window_time, window_steps = time.time(), 0
+      if step % eval_every == 0 or step == self.total_steps:
+        last_eval = self._evaluate_and_track(step, val_writer)
+        if self._should_stop_early():
+          logging.info("Early stopping at step %d: no better validation loss in "
+                       "%d evaluations", step, config.early_stopping_patience)
+          self.store.save(step)
+          break
+      if step % config.checkpoint_every == 0 or step == self.total_steps:
+        self.store.save(step)
+      if self._stop_requested:
+        self.store.save(step)
+        self.store.wait()
+        logging.warning("Preempted at step %d; checkpoint saved, exiting", step)
+        raise Preempted()
+    train_writer.flush()
+    val_writer.flush()
+    return {"step": step, "validation": last_eval,
+            "best_validation_loss": float(self.best_val_loss.numpy())}
+
+  def _log_progress(self, step, totals, window_steps, window_time, start_time,
+                    start_step, writer):
+    loss_sum, correct, count, norm_sum = totals
+    loss = loss_sum / max(count, 1)
+    elapsed = max(time.time() - window_time, 1e-9)
+    steps_per_s = window_steps / elapsed
+    tokens_per_s = count / elapsed
+    rate = (step - start_step) / max(time.time() - start_time, 1e-9)
+    eta = (self.total_steps - step) / max(rate, 1e-9)
+    lr = float(self.lr_schedule(step))
+    logging.info("step %d/%d (epoch %d) loss %.4f ppl %.2f acc %.3f | "
+                 "%.2f steps/s %s tokens/s | lr %.2e grad-norm %.2f | ETA %s",
+                 step, self.total_steps, step // self.steps_per_epoch + 1, loss,
+                 math.exp(min(loss, 50)), correct / max(count, 1), steps_per_s,
+                 f"{tokens_per_s:,.0f}", lr, norm_sum / max(window_steps, 1),
+                 _format_seconds(eta))
+    with writer.as_default(step=step):
+      tf.summary.scalar("loss", loss)
+      tf.summary.scalar("perplexity", math.exp(min(loss, 50)))
+      tf.summary.scalar("accuracy", correct / max(count, 1))
+      tf.summary.scalar("tokens_per_second", tokens_per_s)
+      tf.summary.scalar("learning_rate", lr)
+
+  def _evaluate_and_track(self, step, writer) -> dict:
+    result = self.evaluate()
+    if not result:
+      return result
+    logging.info("step %d validation loss %.4f ppl %.2f acc %.3f", step,
+                 result["loss"], result["perplexity"], result["accuracy"])
+    with writer.as_default(step=step):
+      for k, v in result.items():
+        tf.summary.scalar(k, v)
+    if result["loss"] < float(self.best_val_loss.numpy()):
+      self.best_val_loss.assign(result["loss"])
+      self.evals_since_best.assign(0)
+      self.best_store.save(step)
+    else:
+      self.evals_since_best.assign_add(1)
+    return result
+
+  def _should_stop_early(self) -> bool:
+    patience = self.config.early_stopping_patience
+    return bool(patience) and int(self.evals_since_best.numpy()) >= patience
+
+  # ---- export ----------------------------------------------------------------
+
+  def export(self, result: dict) -> dict:
+    """Writes export/ (the best validation checkpoint if there is one)."""
+    if self.best_store.latest_step() is not None:
+      best_step = self.best_store.restore_latest()
+      result = dict(result, exported_step=best_step)
+    else:
+      result = dict(result, exported_step=int(self.step.numpy()))
+    if not self.chief:
+      return result
+    ep = self.run_paths.export
+    storage.delete(ep.completed)
+    export_lib.write_weights(ep.weights, model_lib.export_weights(self.model, self.spec))
+    storage.write_text(ep.model_config, self.spec.to_json())
+    storage.write_text(ep.metadata, self.meta.to_json())
+    if self.vocab is not None:
+      vocab_lib.write_vocab(ep.vocab, self.vocab)
+    training = dict(result, config=self.config.to_json_dict(),
+                    replicas=self.replicas, steps_per_epoch=self.steps_per_epoch)
+    storage.write_text(ep.training, json.dumps(training, indent=2, default=float) + "\n")
+    storage.write_text(ep.completed, "ok\n")
+    logging.info("Exported %s (step %d)", ep.root, result["exported_step"])
+    return result
+
+
+def _format_seconds(seconds: float) -> str:
+  seconds = int(seconds)
+  if seconds >= 3600:
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+  return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def run(config) -> dict:
+  logging.info("The config:\n%s", json.dumps(config.to_json_dict(), indent=2))
+  trainer = Trainer(config)
+  try:
+    return trainer.run()
+  finally:
+    trainer.store.close()
+    trainer.best_store.close()
