@@ -63,6 +63,9 @@ class Decoder:
     self._projection = ((c("projection/kernel"), c("projection/bias"))
                         if spec.projection_dim else None)
     self._output = (c("output/kernel"), c("output/bias"))
+    # Bound here (not as decorated methods) so the graphs keep the decoder alive.
+    self.prefill = tf.function(self._prefill, reduce_retracing=True)
+    self.decode = tf.function(self._decode, reduce_retracing=True)
 
   def zero_state(self, batch: int):
     z = tf.zeros([batch, self.spec.units])
@@ -84,8 +87,7 @@ class Decoder:
     logits = tf.matmul(x, self._output[0]) + self._output[1]  # (batch, vocab)
     return logits, new_states
 
-  @tf.function(reduce_retracing=True)
-  def prefill(self, tokens, lengths):
+  def _prefill(self, tokens, lengths):
     """Runs prompts of different lengths (right-padded) through the model.
 
     Args:
@@ -108,8 +110,7 @@ class Decoder:
       last = tf.where(active, logits, last)
     return states, last
 
-  @tf.function(reduce_retracing=True)
-  def decode(self, states, logits, *, row_seeds, start, num_steps, temperature,
+  def _decode(self, states, logits, *, row_seeds, start, num_steps, temperature,
              top_k, top_p, greedy):
     """Samples `num_steps` tokens per row.
 

@@ -49,3 +49,26 @@ def tiny_dataset(tiny_corpus, tmp_path_factory):
       num_shards=2)
   pipeline.run(config, pipeline_args=BEAM_ARGS)
   return out
+
+
+SMALL_MODEL = dict(embedding_dim=16, units=32, num_layers=2, batch_size=16,
+                   learning_rate=1e-2, log_every=10, checkpoint_every=10)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_dataset, tmp_path_factory):
+  """A model trained 40 steps on tiny_dataset under MirroredStrategy (2 CPUs).
+
+  Returns (model_dir, result, loss before training, trainer).
+  """
+  from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
+  from trainer import train  # pylint: disable=g-import-not-at-top
+  model_dir = tmp_path_factory.mktemp("run")
+  config = config_lib.TrainConfig(dataset_dir=str(tiny_dataset), model_dir=str(model_dir),
+                                  train_steps=40, eval_every=20, **SMALL_MODEL)
+  trainer = train.Trainer(config)
+  before = trainer.evaluate()["loss"]
+  result = trainer.run()
+  trainer.store.close()
+  trainer.best_store.close()
+  return model_dir, result, before, trainer

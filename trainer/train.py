@@ -41,11 +41,13 @@ def create_strategy(config) -> tf.distribute.Strategy:
     except RuntimeError:
       if len(tf.config.list_logical_devices("CPU")) != config.num_cpu_devices:
         raise
-  gpus = tf.config.list_logical_devices("GPU")
   if config.strategy == "multi_worker":
     if "TF_CONFIG" not in os.environ:
       raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable")
+    # Must come before anything initializes the TF runtime (listing logical
+    # devices would): collective ops are configured at start-up.
     return tf.distribute.MultiWorkerMirroredStrategy()
+  gpus = tf.config.list_logical_devices("GPU")
   if config.strategy == "one_device":
     return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
   if not gpus and len(tf.config.list_logical_devices("CPU")) > 1:

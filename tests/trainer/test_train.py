@@ -1,0 +1,103 @@
+"""Training under MirroredStrategy with 2 logical CPU devices."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dataspec import export as export_lib
+from dataspec import metadata as M
+from generate import sampling
+from trainer import config as config_lib
+from trainer import model as model_lib
+from trainer import optim
+from trainer import train
+from testutil import BEAM_ARGS
+from conftest import SMALL_MODEL
+
+
+def test_two_replicas_loss_goes_down_checkpoint_and_export(tiny_run):
+  model_dir, result, before, trainer = tiny_run
+  assert trainer.replicas == 2
+  assert isinstance(trainer.strategy, tf.distribute.MirroredStrategy)
+  assert result["step"] == 40
+  assert result["validation"]["loss"] < before - 0.5
+  assert os.path.exists(model_dir / "checkpoints" / "ckpt-40.index")
+  assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")).endswith("ckpt-40")
+  assert json.loads((model_dir / "config.json").read_text())["batch_size"] == 16
+  assert (model_dir / "run.json").exists()
+  assert list((model_dir / "tensorboard" / "train").glob("events.out.tfevents.*"))
+  spec, weights, meta, vocab, training = export_lib.load_export(str(model_dir / "export"))
+  assert spec.vocab_size == meta.vocab_size == len(vocab)
+  assert training["replicas"] == 2 and training["exported_step"] in (20, 40)
+
+
+def test_exported_decoder_matches_keras_model(tiny_run):
+  """generate's step-by-step LSTM gives the training model's logits."""
+  model_dir, _, _, trainer = tiny_run
+  spec, weights, *_ = export_lib.load_export(str(model_dir / "export"))
+  keras_model = model_lib.build_model(spec=spec)
+  for layer in ("embedding", "lstm_0", "lstm_1", "output"):
+    keras_model.get_layer(layer).set_weights(trainer.model.get_layer(layer).get_weights())
+  ids = np.random.default_rng(0).integers(3, spec.vocab_size, size=(3, 20)).astype(np.int32)
+  want = keras_model(ids).numpy()  # (3, 20, vocab)
+  decoder = sampling.Decoder(spec, weights)
+  lengths = np.array([20, 7, 1], dtype=np.int32)
+  _, last = decoder.prefill(tf.constant(ids), tf.constant(lengths))
+  for row, n in enumerate(lengths):
+    np.testing.assert_allclose(last.numpy()[row], want[row, n - 1], atol=1e-4)
+
+
+def test_tied_embeddings_with_projection_export():
+  spec = export_lib.ModelSpec(vocab_size=50, embedding_dim=8, units=16, num_layers=1,
+                              projection_dim=8, tie_embeddings=True)
+  model = model_lib.build_model(spec=spec)
+  weights = model_lib.export_weights(model, spec)
+  np.testing.assert_array_equal(weights["output/kernel"], weights["embedding"].T)
+  ids = np.arange(3, 13, dtype=np.int32)[None]
+  _, last = sampling.Decoder(spec, weights).prefill(tf.constant(ids), tf.constant([10]))
+  np.testing.assert_allclose(last.numpy()[0], model(ids).numpy()[0, -1], atol=1e-4)
+
+
+def test_schedule_by_example():
+  s = optim.WarmupDecay(peak=1.0, warmup_steps=10, total_steps=110, schedule="cosine",
+                        floor_ratio=0.1)
+  got = [float(s(x)) for x in (0, 5, 10, 60, 110)]
+  np.testing.assert_allclose(got, [0.0, 0.5, 1.0, 0.55, 0.1], atol=1e-6)
+
+
+def test_mismatched_vocabulary_is_refused(tiny_run, tiny_corpus, tmp_path):
+  from beam_preprocess import config as pre_config
+  from beam_preprocess import pipeline
+  from dataspec import tokenizer
+  model_dir = tiny_run[0]
+  other = tmp_path / "word"
+  pipeline.run(pre_config.PreprocessConfig(
+      input=(str(tiny_corpus),), output_dir=str(other),
+      tokenizer=tokenizer.TokenizerSpec(type="word"), window_length=32,
+      split_mode="tail", validation_fraction=0.1), pipeline_args=BEAM_ARGS)
+  config = config_lib.TrainConfig(dataset_dir=str(other), model_dir=str(model_dir),
+                                  train_steps=50, **SMALL_MODEL)
+  with pytest.raises(ValueError, match="vocab_fingerprint"):
+    train.run(config)
+
+
+def test_bad_flags_give_clear_errors(tiny_dataset, tmp_path):
+  with pytest.raises(ValueError, match="--batch_size must be positive"):
+    config_lib.TrainConfig(dataset_dir="d", model_dir="m", batch_size=0)
+  with pytest.raises(ValueError, match="--strategy"):
+    config_lib.TrainConfig(dataset_dir="d", model_dir="m", strategy="tpu")
+  with pytest.raises(ValueError, match="--dropout"):
+    config_lib.TrainConfig(dataset_dir="d", model_dir="m", dropout=1.0)
+  kw = dict(SMALL_MODEL, batch_size=15)
+  config = config_lib.TrainConfig(dataset_dir=str(tiny_dataset),
+                                  model_dir=str(tmp_path / "m"), **kw)
+  with pytest.raises(ValueError, match="--batch_size=15 is not divisible by the 2 replicas"):
+    train.Trainer(config)
+  config = config_lib.TrainConfig(dataset_dir=str(tmp_path / "nowhere"),
+                                  model_dir=str(tmp_path / "m"), **SMALL_MODEL)
+  with pytest.raises(M.IncompleteDatasetError, match="--dataset_dir=.*not a complete dataset"):
+    train.Trainer(config)
+  assert not os.path.exists(tmp_path / "m" / "checkpoints")
