@@ -24,39 +24,44 @@ from beam_preprocess import config as config_lib
 from beam_preprocess import pipeline
 from dataspec import tokenizer
 
+# Each job has its own FlagValues: jobs share flag names with other meanings
+# (--num_shards) and the tests load all three mains in one process. absl's
+# own flags (--verbosity, --helpfull...) are added to it for parsing.
+FLAGS = flags.FlagValues()
 _INPUT = flags.DEFINE_list(
-    "input", None, "Files, directories or globs (local or gs://), comma separated.")
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Dataset directory to write.")
+    "input", None, "Files, directories or globs (local or gs://), comma separated.", flag_values=FLAGS)
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Dataset directory to write.", flag_values=FLAGS)
 _TOKENIZER = flags.DEFINE_enum("tokenizer", "char", tokenizer.TOKENIZER_TYPES,
-                               "Token unit.")
+                               "Token unit.", flag_values=FLAGS)
 _NORMALIZATION = flags.DEFINE_enum("normalization", "nfc", tokenizer.NORMALIZATIONS,
-                                   "Unicode normalization (char, word).")
-_LOWERCASE = flags.DEFINE_bool("lowercase", False, "Lowercase text (char, word).")
+                                   "Unicode normalization (char, word).", flag_values=FLAGS)
+_LOWERCASE = flags.DEFINE_bool("lowercase", False, "Lowercase text (char, word).", flag_values=FLAGS)
 _PUNCTUATION = flags.DEFINE_enum(
     "punctuation", "split", tokenizer.PUNCTUATION_MODES,
-    "word: keep (white-space split only), split (marks are tokens), strip.")
+    "word: keep (white-space split only), split (marks are tokens), strip.", flag_values=FLAGS)
 _NUMBERS = flags.DEFINE_enum("numbers", "keep", tokenizer.NUMBER_MODES,
-                             "word: keep numbers or replace them with N.")
-_LINE_EOS = flags.DEFINE_bool("line_eos", True, "word: <eos> at each line end.")
+                             "word: keep numbers or replace them with N.", flag_values=FLAGS)
+_LINE_EOS = flags.DEFINE_bool("line_eos", True, "word: <eos> at each line end.", flag_values=FLAGS)
 _WINDOW_LENGTH = flags.DEFINE_integer(
-    "window_length", 128, "Next-token targets per window (window = L+1 ids).")
-_STRIDE = flags.DEFINE_integer("stride", 0, "Tokens between window starts; 0 = window_length.")
+    "window_length", 128, "Next-token targets per window (window = L+1 ids).", flag_values=FLAGS)
+_STRIDE = flags.DEFINE_integer("stride", 0, "Tokens between window starts; 0 = window_length.", flag_values=FLAGS)
 _SPLIT_MODE = flags.DEFINE_enum("split_mode", "hash", config_lib.SPLIT_MODES,
-                                "hash: whole documents by id hash; tail: last part of each.")
+                                "hash: whole documents by id hash; tail: last part of each.", flag_values=FLAGS)
 _VALIDATION_FRACTION = flags.DEFINE_float("validation_fraction", 0.1,
-                                          "Fraction for validation, in [0, 1).")
+                                          "Fraction for validation, in [0, 1).", flag_values=FLAGS)
 _MAX_VOCAB_SIZE = flags.DEFINE_integer("max_vocab_size", 0,
-                                       "Most ids incl. reserved; 0 = unlimited.")
-_MIN_COUNT = flags.DEFINE_integer("min_count", 1, "Least count for a token to get an id.")
-_NUM_SHARDS = flags.DEFINE_integer("num_shards", 0, "Shards per split; 0 = runner decides.")
+                                       "Most ids incl. reserved; 0 = unlimited.", flag_values=FLAGS)
+_MIN_COUNT = flags.DEFINE_integer("min_count", 1, "Least count for a token to get an id.", flag_values=FLAGS)
+_NUM_SHARDS = flags.DEFINE_integer("num_shards", 0, "Shards per split; 0 = runner decides.", flag_values=FLAGS)
 _COMPRESSION = flags.DEFINE_enum("compression", "gzip", config_lib.COMPRESSIONS,
-                                 "TFRecord compression.")
+                                 "TFRecord compression.", flag_values=FLAGS)
 _CHUNK_BYTES = flags.DEFINE_integer("chunk_bytes", 1 << 20,
-                                    "Target bytes per chunk of a large file.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the in-chunk window shuffle.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a complete dataset.")
+                                    "Target bytes per chunk of a large file.", flag_values=FLAGS)
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the in-chunk window shuffle.", flag_values=FLAGS)
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a complete dataset.", flag_values=FLAGS)
 
-flags.mark_flags_as_required(["input", "output_dir"])
+flags.mark_flags_as_required(["input", "output_dir"], flag_values=FLAGS)
+FLAGS.append_flag_values(flags.FLAGS)
 
 
 def beam_option_names():
@@ -79,7 +84,9 @@ def beam_option_names():
 
 def parse_flags(argv):
   """Parses our flags; hands the rest to Beam, rejecting unknown ones."""
-  rest = flags.FLAGS(argv, known_only=True)
+  FLAGS.unparse_flags()  # a second parse (tests) starts from the defaults
+  rest = FLAGS(argv, known_only=True)
+  flags.FLAGS.mark_as_parsed()
   pipeline_args = rest[1:]
   known = beam_option_names()
   unknown = [a for a in pipeline_args

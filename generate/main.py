@@ -18,25 +18,30 @@ from absl import flags
 
 from generate import config as config_lib
 
-_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Training model_dir or its export/.")
-_PROMPTS = flags.DEFINE_string("prompts", None, "Text file (a prompt per line) or JSONL.")
-_PROMPT = flags.DEFINE_string("prompt", None, "A single prompt.")
-_OUTPUT = flags.DEFINE_string("output", None, "JSONL output (local or gs://).")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Samples per prompt.")
-_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 200, "Tokens per sample.")
-_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature (> 0).")
-_TOP_K = flags.DEFINE_integer("top_k", 0, "Top-k sampling; 0 = off.")
-_TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass in (0, 1].")
-_GREEDY = flags.DEFINE_bool("greedy", False, "Argmax decoding.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed; same seed and inputs, same output.")
-_STOP = flags.DEFINE_multi_string("stop", [], "Stop string (repeatable); <eos> = end token.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Samples decoded together.")
+# Each job has its own FlagValues: jobs share flag names with other meanings
+# (--num_shards) and the tests load all three mains in one process. absl's
+# own flags (--verbosity, --helpfull...) are added to it for parsing.
+FLAGS = flags.FlagValues()
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Training model_dir or its export/.", flag_values=FLAGS)
+_PROMPTS = flags.DEFINE_string("prompts", None, "Text file (a prompt per line) or JSONL.", flag_values=FLAGS)
+_PROMPT = flags.DEFINE_string("prompt", None, "A single prompt.", flag_values=FLAGS)
+_OUTPUT = flags.DEFINE_string("output", None, "JSONL output (local or gs://).", flag_values=FLAGS)
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Samples per prompt.", flag_values=FLAGS)
+_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 200, "Tokens per sample.", flag_values=FLAGS)
+_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature (> 0).", flag_values=FLAGS)
+_TOP_K = flags.DEFINE_integer("top_k", 0, "Top-k sampling; 0 = off.", flag_values=FLAGS)
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass in (0, 1].", flag_values=FLAGS)
+_GREEDY = flags.DEFINE_bool("greedy", False, "Argmax decoding.", flag_values=FLAGS)
+_SEED = flags.DEFINE_integer("seed", 0, "Seed; same seed and inputs, same output.", flag_values=FLAGS)
+_STOP = flags.DEFINE_multi_string("stop", [], "Stop string (repeatable); <eos> = end token.", flag_values=FLAGS)
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Samples decoded together.", flag_values=FLAGS)
 _SHARD_INDEX = flags.DEFINE_integer(
-    "shard_index", None, "This job's shard; default $JOB_COMPLETION_INDEX or 0.")
-_NUM_SHARDS = flags.DEFINE_integer("num_shards", 1, "Shards the prompts are split into.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Redo a complete output.")
+    "shard_index", None, "This job's shard; default $JOB_COMPLETION_INDEX or 0.", flag_values=FLAGS)
+_NUM_SHARDS = flags.DEFINE_integer("num_shards", 1, "Shards the prompts are split into.", flag_values=FLAGS)
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Redo a complete output.", flag_values=FLAGS)
 
-flags.mark_flags_as_required(["model_dir", "output"])
+flags.mark_flags_as_required(["model_dir", "output"], flag_values=FLAGS)
+FLAGS.append_flag_values(flags.FLAGS)
 
 
 def config_from_flags() -> config_lib.GenerateConfig:
@@ -53,6 +58,14 @@ def config_from_flags() -> config_lib.GenerateConfig:
       overwrite=_OVERWRITE.value)
 
 
+def parse_flags(argv):
+  """Parses this job's flags (and absl's own) from the command line."""
+  FLAGS.unparse_flags()  # a second parse (tests) starts from the defaults
+  rest = FLAGS(argv)
+  flags.FLAGS.mark_as_parsed()
+  return rest
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -66,7 +79,7 @@ def main(argv):
 
 def run_main():
   """Console-script entry point (textgen-generate)."""
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -72,3 +72,10 @@ def tiny_run(tiny_dataset, tmp_path_factory):
   trainer.store.close()
   trainer.best_store.close()
   return model_dir, result, before, trainer
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _absl_flags_parsed():
+  """Tests call main() under flagsaver, as app.run would after parsing."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.FLAGS.mark_as_parsed()

@@ -16,43 +16,48 @@ from absl import flags
 
 from trainer import config as config_lib
 
-_DATASET_DIR = flags.DEFINE_string("dataset_dir", None, "A complete beam_preprocess output.")
-_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Checkpoints, logs and export/.")
-_EMBEDDING_DIM = flags.DEFINE_integer("embedding_dim", 64, "Embedding width.")
-_UNITS = flags.DEFINE_integer("units", 256, "LSTM units per layer.")
-_NUM_LAYERS = flags.DEFINE_integer("num_layers", 2, "Stacked LSTM layers.")
-_DROPOUT = flags.DEFINE_float("dropout", 0.0, "Dropout after each LSTM layer.")
-_EMBEDDING_DROPOUT = flags.DEFINE_float("embedding_dropout", 0.0, "Dropout on embeddings.")
+# Each job has its own FlagValues: jobs share flag names with other meanings
+# (--num_shards) and the tests load all three mains in one process. absl's
+# own flags (--verbosity, --helpfull...) are added to it for parsing.
+FLAGS = flags.FlagValues()
+_DATASET_DIR = flags.DEFINE_string("dataset_dir", None, "A complete beam_preprocess output.", flag_values=FLAGS)
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Checkpoints, logs and export/.", flag_values=FLAGS)
+_EMBEDDING_DIM = flags.DEFINE_integer("embedding_dim", 64, "Embedding width.", flag_values=FLAGS)
+_UNITS = flags.DEFINE_integer("units", 256, "LSTM units per layer.", flag_values=FLAGS)
+_NUM_LAYERS = flags.DEFINE_integer("num_layers", 2, "Stacked LSTM layers.", flag_values=FLAGS)
+_DROPOUT = flags.DEFINE_float("dropout", 0.0, "Dropout after each LSTM layer.", flag_values=FLAGS)
+_EMBEDDING_DROPOUT = flags.DEFINE_float("embedding_dropout", 0.0, "Dropout on embeddings.", flag_values=FLAGS)
 _RECURRENT_DROPOUT = flags.DEFINE_float(
-    "recurrent_dropout", 0.0, "Dropout on the recurrent state (disables cuDNN).")
-_TIE_EMBEDDINGS = flags.DEFINE_bool("tie_embeddings", False, "Share input/output embeddings.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Global batch (all replicas).")
-_EPOCHS = flags.DEFINE_integer("epochs", 1, "Epochs (when --train_steps=0).")
-_TRAIN_STEPS = flags.DEFINE_integer("train_steps", 0, "Total steps; 0 = epochs.")
-_OPTIMIZER = flags.DEFINE_enum("optimizer", "adam", config_lib.OPTIMIZERS, "Optimizer.")
-_LEARNING_RATE = flags.DEFINE_float("learning_rate", 2e-3, "Peak learning rate.")
-_WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 0.0, "AdamW weight decay.")
-_WARMUP_STEPS = flags.DEFINE_integer("warmup_steps", 0, "Linear warm-up steps.")
-_SCHEDULE = flags.DEFINE_enum("schedule", "constant", config_lib.SCHEDULES, "Decay after warm-up.")
-_MIN_LR_RATIO = flags.DEFINE_float("min_learning_rate_ratio", 0.1, "Decay floor / peak.")
-_CLIP_NORM = flags.DEFINE_float("clip_norm", 1.0, "Global-norm gradient clipping; 0 = off.")
+    "recurrent_dropout", 0.0, "Dropout on the recurrent state (disables cuDNN).", flag_values=FLAGS)
+_TIE_EMBEDDINGS = flags.DEFINE_bool("tie_embeddings", False, "Share input/output embeddings.", flag_values=FLAGS)
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Global batch (all replicas).", flag_values=FLAGS)
+_EPOCHS = flags.DEFINE_integer("epochs", 1, "Epochs (when --train_steps=0).", flag_values=FLAGS)
+_TRAIN_STEPS = flags.DEFINE_integer("train_steps", 0, "Total steps; 0 = epochs.", flag_values=FLAGS)
+_OPTIMIZER = flags.DEFINE_enum("optimizer", "adam", config_lib.OPTIMIZERS, "Optimizer.", flag_values=FLAGS)
+_LEARNING_RATE = flags.DEFINE_float("learning_rate", 2e-3, "Peak learning rate.", flag_values=FLAGS)
+_WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 0.0, "AdamW weight decay.", flag_values=FLAGS)
+_WARMUP_STEPS = flags.DEFINE_integer("warmup_steps", 0, "Linear warm-up steps.", flag_values=FLAGS)
+_SCHEDULE = flags.DEFINE_enum("schedule", "constant", config_lib.SCHEDULES, "Decay after warm-up.", flag_values=FLAGS)
+_MIN_LR_RATIO = flags.DEFINE_float("min_learning_rate_ratio", 0.1, "Decay floor / peak.", flag_values=FLAGS)
+_CLIP_NORM = flags.DEFINE_float("clip_norm", 1.0, "Global-norm gradient clipping; 0 = off.", flag_values=FLAGS)
 _STRATEGY = flags.DEFINE_enum("strategy", "mirrored", config_lib.STRATEGIES,
-                              "tf.distribute strategy.")
+                              "tf.distribute strategy.", flag_values=FLAGS)
 _NUM_CPU_DEVICES = flags.DEFINE_integer(
-    "num_cpu_devices", 0, "Split the CPU into N logical devices (testing).")
-_MIXED_PRECISION = flags.DEFINE_bool("mixed_precision", False, "mixed_float16 (GPU).")
-_SHUFFLE_BUFFER = flags.DEFINE_integer("shuffle_buffer", 10000, "Shuffle buffer (windows).")
-_LOG_EVERY = flags.DEFINE_integer("log_every", 50, "Steps between progress lines.")
-_EVAL_EVERY = flags.DEFINE_integer("eval_every", 0, "Steps between evaluations; 0 = per epoch.")
-_EVAL_STEPS = flags.DEFINE_integer("eval_steps", 0, "Validation batches; 0 = all.")
-_CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every", 500, "Steps between checkpoints.")
-_KEEP_CHECKPOINTS = flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept.")
+    "num_cpu_devices", 0, "Split the CPU into N logical devices (testing).", flag_values=FLAGS)
+_MIXED_PRECISION = flags.DEFINE_bool("mixed_precision", False, "mixed_float16 (GPU).", flag_values=FLAGS)
+_SHUFFLE_BUFFER = flags.DEFINE_integer("shuffle_buffer", 10000, "Shuffle buffer (windows).", flag_values=FLAGS)
+_LOG_EVERY = flags.DEFINE_integer("log_every", 50, "Steps between progress lines.", flag_values=FLAGS)
+_EVAL_EVERY = flags.DEFINE_integer("eval_every", 0, "Steps between evaluations; 0 = per epoch.", flag_values=FLAGS)
+_EVAL_STEPS = flags.DEFINE_integer("eval_steps", 0, "Validation batches; 0 = all.", flag_values=FLAGS)
+_CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every", 500, "Steps between checkpoints.", flag_values=FLAGS)
+_KEEP_CHECKPOINTS = flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept.", flag_values=FLAGS)
 _EARLY_STOPPING_PATIENCE = flags.DEFINE_integer(
-    "early_stopping_patience", 0, "Evaluations without improvement before stopping; 0 = off.")
-_SEED = flags.DEFINE_integer("seed", 0, "Random seed (weights, dropout, data order).")
-_EXPORT_ONLY = flags.DEFINE_bool("export_only", False, "Export the latest checkpoint and exit.")
+    "early_stopping_patience", 0, "Evaluations without improvement before stopping; 0 = off.", flag_values=FLAGS)
+_SEED = flags.DEFINE_integer("seed", 0, "Random seed (weights, dropout, data order).", flag_values=FLAGS)
+_EXPORT_ONLY = flags.DEFINE_bool("export_only", False, "Export the latest checkpoint and exit.", flag_values=FLAGS)
 
-flags.mark_flags_as_required(["dataset_dir", "model_dir"])
+flags.mark_flags_as_required(["dataset_dir", "model_dir"], flag_values=FLAGS)
+FLAGS.append_flag_values(flags.FLAGS)
 
 
 def config_from_flags() -> config_lib.TrainConfig:
@@ -78,6 +83,14 @@ def config_from_flags() -> config_lib.TrainConfig:
       seed=_SEED.value, export_only=_EXPORT_ONLY.value)
 
 
+def parse_flags(argv):
+  """Parses this job's flags (and absl's own) from the command line."""
+  FLAGS.unparse_flags()  # a second parse (tests) starts from the defaults
+  rest = FLAGS(argv)
+  flags.FLAGS.mark_as_parsed()
+  return rest
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -91,7 +104,7 @@ def main(argv):
 
 def run_main():
   """Console-script entry point (textgen-train)."""
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

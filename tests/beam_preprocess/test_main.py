@@ -32,7 +32,8 @@ def test_unknown_flag_is_rejected(capsys):
 
 
 def test_config_errors_name_the_flag(tiny_corpus, tmp_path):
-  with flagsaver.flagsaver(input=[str(tiny_corpus)], output_dir=str(tmp_path),
-                           validation_fraction=1.5):
+  with flagsaver.flagsaver():
+    main_lib.parse_flags(["prog", f"--input={tiny_corpus}", f"--output_dir={tmp_path}",
+                          "--validation_fraction=1.5"])
     with pytest.raises(app.UsageError, match="--validation_fraction"):
       main_lib.main(["prog"])
