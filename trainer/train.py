@@ -22,6 +22,7 @@ from trainer import model as model_lib
 from trainer import optim
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what Kubernetes expects
+MAX_CHAINED_EPOCHS = 20
 
 
 class Preempted(SystemExit):
@@ -224,14 +225,22 @@ class Trainer:
 
   # ---- data --------------------------------------------------------------
 
-  def _train_iterator(self, epoch: int, skip_batches: int):
+  def _train_iterator(self, step: int):
+    """(iterator from `step` on, the step where it runs out)."""
+    epoch, offset = divmod(step, self.steps_per_epoch)
+    # Epochs are chained in one dataset (a new iterator retraces the step
+    # function), but not too many: a very long chain is slow to build.
+    num_epochs = min(MAX_CHAINED_EPOCHS,
+                     -(-(self.total_steps - step + offset) // self.steps_per_epoch))
     def fn(ctx):
       return data.make_train_dataset(
           ctx, files=self.train_files, meta=self.meta,
           global_batch_size=self.config.batch_size, seed=self.config.seed,
-          epoch=epoch, skip_batches=skip_batches,
-          shuffle_buffer=self.config.shuffle_buffer)
-    return iter(self.strategy.distribute_datasets_from_function(fn))
+          start_epoch=epoch, skip_batches=offset,
+          steps_per_epoch=self.steps_per_epoch,
+          num_epochs=num_epochs, shuffle_buffer=self.config.shuffle_buffer)
+    end = (epoch + num_epochs) * self.steps_per_epoch
+    return iter(self.strategy.distribute_datasets_from_function(fn)), end
 
   def evaluate(self) -> dict:
     if not self.val_files:
@@ -291,17 +300,14 @@ class Trainer:
     eval_every = config.eval_every or self.steps_per_epoch
     step = int(self.step.numpy())
     last_eval = {}
-    epoch = None
-    iterator = None
+    iterator, iterator_end = self._train_iterator(step)
     start_time, start_step = time.time(), step
     window_time, window_steps = time.time(), 0
     totals = np.zeros(4)
     while step < self.total_steps:
-      if epoch != step // self.steps_per_epoch:
-        epoch, offset = divmod(step, self.steps_per_epoch)
-        iterator = self._train_iterator(epoch, offset)
-      boundary = min(self.total_steps,
-                     (epoch + 1) * self.steps_per_epoch,
+      if step >= iterator_end:
+        iterator, iterator_end = self._train_iterator(step)
+      boundary = min(self.total_steps, iterator_end,
                      (step // config.log_every + 1) * config.log_every,
                      (step // config.checkpoint_every + 1) * config.checkpoint_every,
                      (step // eval_every + 1) * eval_every)
