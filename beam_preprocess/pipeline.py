@@ -27,7 +27,7 @@ from dataspec import tokenizer as tokenizer_lib
 from dataspec import vocab as vocab_lib
 
 # Files a previous run may have left in output_dir; only these are removed.
-_OUTPUT_PATTERNS = ("train-*-of-*.tfrecord*", "validation-*-of-*.tfrecord*",
+_OUTPUT_PATTERNS = ("train-*.tfrecord*", "validation-*.tfrecord*",
                     "vocab.txt", "metadata.json", "config.json")
 
 

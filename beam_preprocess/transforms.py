@@ -7,15 +7,15 @@ and once to encode them, rather than keeping their text between stages.
 """
 
 import collections
+import uuid
 import zlib
 from typing import Dict, Iterable, List
 
 import apache_beam as beam
-from apache_beam import coders
-from apache_beam.io import filebasedsink
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.transforms import window
 import numpy as np
 
 from beam_preprocess import inputs
@@ -182,51 +182,103 @@ def sum_stats(stats: Iterable[Dict[str, int]]) -> Dict[str, int]:
 GZIP_LEVEL = 1
 
 
-class _GzipWriter:
-  """A gzip stream of the given level over a Beam file handle."""
+class _ShardWriter:
+  """Appends framed records to one new file (gzip or plain) via Beam's FileSystems."""
 
-  def __init__(self, raw, level: int):
-    self._raw = raw
-    self._compressor = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+  def __init__(self, path: str, gzip: bool):
+    self.path = path
+    self._raw = FileSystems.create(path, mime_type="application/octet-stream",
+                                   compression_type=CompressionTypes.UNCOMPRESSED)
+    self._compressor = (zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+                        if gzip else None)
 
   def write(self, data: bytes):
-    self._raw.write(self._compressor.compress(data))
+    self._raw.write(self._compressor.compress(data) if self._compressor else data)
 
   def close(self):
-    self._raw.write(self._compressor.flush())
+    if self._compressor:
+      self._raw.write(self._compressor.flush())
     self._raw.close()
 
 
-class _FramedRecordSink(filebasedsink.FileBasedSink):
-  """Writes elements that already are framed TFRecords (many per element)."""
+def shard_suffix(compression: str) -> str:
+  return ".tfrecord.gz" if compression == "gzip" else ".tfrecord"
+
+
+class _WriteBundleShards(beam.DoFn):
+  """Writes each bundle's blobs to a new uniquely named file; outputs its path.
+
+  Files go straight to their final names (no temp-dir-then-rename step, which
+  on GCS is a copy and a delete per file): a retried or crashed bundle leaves
+  an orphan that no reader opens, because readers take exactly the files
+  listed in metadata.json, which is written after all bundles succeeded.
+  """
+
+  def __init__(self, *, file_path_prefix: str, compression: str):
+    self._prefix = file_path_prefix
+    self._compression = compression
+    self._writer = None
+
+  def start_bundle(self):
+    self._writer = None
+
+  def process(self, blob: bytes):
+    if self._writer is None:
+      name = f"{self._prefix}-{uuid.uuid4().hex[:16]}{shard_suffix(self._compression)}"
+      self._writer = _ShardWriter(name, self._compression == "gzip")
+    self._writer.write(blob)
+
+  def finish_bundle(self):
+    if self._writer is not None:
+      self._writer.close()
+      yield window.GlobalWindows.windowed_value(self._writer.path)
+      self._writer = None
+
+
+class _WriteNumberedShard(beam.DoFn):
+  """(shard index, blobs) -> <prefix>-SSSSS-of-NNNNN file; outputs its path."""
 
   def __init__(self, *, file_path_prefix: str, num_shards: int, compression: str):
-    self._gzip = compression == "gzip"
-    super().__init__(
-        file_path_prefix=file_path_prefix,
-        coder=coders.BytesCoder(),
-        file_name_suffix=".tfrecord.gz" if self._gzip else ".tfrecord",
-        num_shards=num_shards,
-        shard_name_template="-SSSSS-of-NNNNN",
-        mime_type="application/octet-stream",
-        compression_type=CompressionTypes.UNCOMPRESSED)
+    self._prefix = file_path_prefix
+    self._num_shards = num_shards
+    self._compression = compression
 
-  def open(self, temp_path):
-    raw = super().open(temp_path)
-    return _GzipWriter(raw, GZIP_LEVEL) if self._gzip else raw
-
-  def write_encoded_record(self, file_handle, value):
-    file_handle.write(value)
+  def process(self, keyed):
+    index, blobs = keyed
+    path = (f"{self._prefix}-{index:05d}-of-{self._num_shards:05d}"
+            f"{shard_suffix(self._compression)}")
+    writer = _ShardWriter(path, self._compression == "gzip")
+    for blob in blobs:
+      writer.write(blob)
+    writer.close()
+    yield path
 
 
 class WriteShards(beam.PTransform):
-  """Framed-record blobs -> sharded TFRecord files; outputs the file paths."""
+  """Framed-record blobs -> TFRecord files; outputs the written paths.
+
+  num_shards=0: one file per bundle, no shuffle (scales on every runner).
+  num_shards=N: blobs are grouped into exactly N files (a GroupByKey: on
+  DirectRunner that holds the split in memory, so prefer 0 for big corpora).
+  """
 
   def __init__(self, *, file_path_prefix: str, num_shards: int, compression: str):
     super().__init__()
-    self._sink = _FramedRecordSink(file_path_prefix=file_path_prefix,
-                                   num_shards=num_shards,
-                                   compression=compression)
+    self._prefix = file_path_prefix
+    self._num_shards = num_shards
+    self._compression = compression
 
   def expand(self, blobs):
-    return blobs | "Write" >> beam.io.Write(self._sink)
+    if not self._num_shards:
+      return blobs | "WriteBundles" >> beam.ParDo(_WriteBundleShards(
+          file_path_prefix=self._prefix, compression=self._compression))
+    n = self._num_shards
+    keyed = blobs | "Key" >> beam.Map(lambda b: (zlib.crc32(b[-4:]) % n, b))
+    # One empty blob per shard, so that all N files exist even with few blobs.
+    every = blobs.pipeline | "ShardIds" >> beam.Create([(i, b"") for i in range(n)])
+    return ((keyed, every)
+            | "All" >> beam.Flatten()
+            | "Group" >> beam.GroupByKey()
+            | "WriteNumbered" >> beam.ParDo(_WriteNumberedShard(
+                file_path_prefix=self._prefix, num_shards=n,
+                compression=self._compression)))

@@ -18,7 +18,7 @@ import os
 import posixpath
 import shutil
 import tempfile
-from typing import Iterator, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 GCS_SCHEME = "gs://"
 
@@ -60,10 +60,15 @@ def split_gcs(uri: str) -> Tuple[str, str]:
 # ---- GCS plumbing ----------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
 def _client():
+  return _client_for(os.environ.get("STORAGE_EMULATOR_HOST"))
+
+
+@functools.lru_cache(maxsize=None)
+def _client_for(emulator_host: Optional[str]):
+  """One client per endpoint (tests switch between emulator and proxy)."""
   from google.cloud import storage  # pylint: disable=g-import-not-at-top
-  if os.environ.get("STORAGE_EMULATOR_HOST"):
+  if emulator_host:
     from google.auth.credentials import AnonymousCredentials  # pylint: disable=g-import-not-at-top
     return storage.Client(credentials=AnonymousCredentials(),
                           project=os.environ.get("GOOGLE_CLOUD_PROJECT", "test"))
@@ -84,7 +89,7 @@ def _raise_permanent(uri: str, err: Exception):
   from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
   if isinstance(err, exceptions.NotFound):
     bucket, _ = split_gcs(uri)
-    if "bucket" in str(err).lower():
+    if not _client().bucket(bucket).exists(retry=_retry()):
       raise StorageError(f"Bucket gs://{bucket} does not exist (while "
                          f"accessing {uri})") from err
     raise FileNotFoundError(f"No such object: {uri}") from err
@@ -249,10 +254,3 @@ def check_writable(path: str):
     raise PermissionError(f"Cannot write to {path}: {err}") from err
 
 
-def iter_lines(path: str) -> Iterator[str]:
-  for line in read_text(path).splitlines():
-    yield line
-
-
-def local_or_none(path: str) -> Optional[str]:
-  return None if is_gcs(path) else path

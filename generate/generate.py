@@ -169,6 +169,7 @@ class Generator:
 def run(config) -> Optional[str]:
   """Generates this shard's samples; returns the output path."""
   logging.info("The config:\n%s", json.dumps(config.to_json_dict(), indent=2))
+  storage.check_bucket(config.model_dir)
   export_dir = find_export(config.model_dir)
   output = shard_output_path(config)
   # Every check before any work: export, prompts, output location.

@@ -79,3 +79,25 @@ def _absl_flags_parsed():
   """Tests call main() under flagsaver, as app.run would after parsing."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.FLAGS.mark_as_parsed()
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory):
+  """fake-gcs-server on 127.0.0.1; STORAGE_EMULATOR_HOST points at it."""
+  from gcs import Emulator  # pylint: disable=g-import-not-at-top
+  emulator = Emulator(str(tmp_path_factory.mktemp("gcs") / "fake-gcs.log"))
+  os.environ["STORAGE_EMULATOR_HOST"] = emulator.url
+  os.environ.setdefault("GOOGLE_CLOUD_PROJECT", "test")
+  yield emulator
+  os.environ.pop("STORAGE_EMULATOR_HOST", None)
+  emulator.stop()
+
+
+@pytest.fixture
+def bucket(gcs_emulator, request):
+  """A new, empty bucket; returns its gs:// URI."""
+  from dataspec import storage  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  name = re.sub(r"[^a-z0-9]", "-", request.node.name.lower())[:50].strip("-") + "-b"
+  storage._client().create_bucket(name)  # pylint: disable=protected-access
+  return f"gs://{name}"

@@ -47,6 +47,10 @@ class TrainConfig:
       new best (0 = off).
     seed: seeds weights, dropout and the data order.
     export_only: export the latest checkpoint and exit.
+    stream_gcs: read gs:// TFRecords with TensorFlow's GCS reader instead of
+      copying them to local disk first (production buckets only).
+    local_dir: scratch directory for staged shards and TensorBoard files of a
+      gs:// run ("" = the system temp directory).
   """
   dataset_dir: str
   model_dir: str
@@ -79,6 +83,8 @@ class TrainConfig:
   early_stopping_patience: int = 0
   seed: int = 0
   export_only: bool = False
+  stream_gcs: bool = False
+  local_dir: str = ""
 
   def __post_init__(self):
     def positive(name):

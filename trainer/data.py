@@ -6,6 +6,7 @@ an epoch starts that epoch's dataset and skips s batches of records before
 parsing, so no window is replayed or skipped after a restart.
 """
 
+import os
 from typing import List
 
 import tensorflow as tf
@@ -13,6 +14,7 @@ import tensorflow as tf
 from dataspec import metadata as metadata_lib
 from dataspec import paths
 from dataspec import schema
+from dataspec import storage
 
 
 def split_files(dataset_dir: str, meta: metadata_lib.DatasetMetadata, split: str) -> List[str]:
@@ -21,6 +23,27 @@ def split_files(dataset_dir: str, meta: metadata_lib.DatasetMetadata, split: str
   if not files:
     raise ValueError(f"--dataset_dir={dataset_dir} has no {split} files")
   return files
+
+
+def stage_files(files: List[str], local_dir: str) -> List[str]:
+  """Copies gs:// shards to `local_dir` once (kept across restarts of the
+  same run); local paths are returned unchanged.
+
+  Reading local files keeps the input pipeline fast and works with any GCS
+  endpoint (TensorFlow's own gs:// reader ignores STORAGE_EMULATOR_HOST).
+  The dataset must fit on local disk; --stream_gcs reads gs:// directly.
+  """
+  out = []
+  for path in files:
+    if not storage.is_gcs(path):
+      out.append(path)
+      continue
+    bucket, name = storage.split_gcs(path)
+    local = os.path.join(local_dir, bucket, name)
+    if not os.path.exists(local):
+      storage.download_file(path, local)
+    out.append(local)
+  return out
 
 
 def _records(files, *, compression, ctx, shuffle_seed=None):

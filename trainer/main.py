@@ -56,6 +56,11 @@ _EARLY_STOPPING_PATIENCE = flags.DEFINE_integer(
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed (weights, dropout, data order).", flag_values=FLAGS)
 _EXPORT_ONLY = flags.DEFINE_bool("export_only", False, "Export the latest checkpoint and exit.", flag_values=FLAGS)
 
+_STREAM_GCS = flags.DEFINE_bool(
+    "stream_gcs", False, "Read gs:// shards with TF's reader instead of staging them.", flag_values=FLAGS)
+_LOCAL_DIR = flags.DEFINE_string(
+    "local_dir", "", "Scratch dir for staged shards and logs of a gs:// run.", flag_values=FLAGS)
+
 flags.mark_flags_as_required(["dataset_dir", "model_dir"], flag_values=FLAGS)
 FLAGS.append_flag_values(flags.FLAGS)
 
@@ -80,7 +85,8 @@ def config_from_flags() -> config_lib.TrainConfig:
       checkpoint_every=_CHECKPOINT_EVERY.value,
       keep_checkpoints=_KEEP_CHECKPOINTS.value,
       early_stopping_patience=_EARLY_STOPPING_PATIENCE.value,
-      seed=_SEED.value, export_only=_EXPORT_ONLY.value)
+      seed=_SEED.value, export_only=_EXPORT_ONLY.value,
+      stream_gcs=_STREAM_GCS.value, local_dir=_LOCAL_DIR.value)
 
 
 def parse_flags(argv):

@@ -1,9 +1,11 @@
 """run(config): the distributed training loop, evaluation, checkpoints, export."""
 
+import hashlib
 import json
 import math
 import os
 import signal
+import tempfile
 import time
 
 from absl import logging
@@ -100,11 +102,19 @@ class Trainer:
 
   def __init__(self, config):
     self.config = config
+    storage.check_bucket(config.dataset_dir)
+    storage.check_writable(config.model_dir)
     self.meta = metadata_lib.load_dataset_metadata(config.dataset_dir)
     self.vocab = metadata_lib.load_vocab_for(config.dataset_dir, self.meta)
     self.train_files = data.split_files(config.dataset_dir, self.meta, "train")
     has_val = self.meta.splits["validation"].windows > 0
     self.val_files = data.split_files(config.dataset_dir, self.meta, "validation") if has_val else []
+    self.local_dir = config.local_dir or os.path.join(
+        tempfile.gettempdir(), "textgen-" + hashlib.sha256(
+            config.model_dir.encode()).hexdigest()[:12])
+    if not config.stream_gcs:
+      self.train_files = data.stage_files(self.train_files, os.path.join(self.local_dir, "data"))
+      self.val_files = data.stage_files(self.val_files, os.path.join(self.local_dir, "data"))
     self.strategy = create_strategy(config)
     self.replicas = self.strategy.num_replicas_in_sync
     if config.batch_size % self.replicas:
@@ -264,12 +274,30 @@ class Trainer:
     logging.warning("SIGTERM received: checkpointing at the next step boundary")
     self._stop_requested = True
 
+  def _tensorboard_dir(self) -> str:
+    """Where event files are written: model_dir/tensorboard, or a local
+    mirror of it for gs:// (uploaded by _sync_tensorboard)."""
+    tb = self.run_paths.tensorboard
+    return os.path.join(self.local_dir, "tensorboard") if storage.is_gcs(tb) else tb
+
   def _writers(self):
     if not self.chief:
       return tf.summary.create_noop_writer(), tf.summary.create_noop_writer()
-    tb = self.run_paths.tensorboard
-    return (tf.summary.create_file_writer(storage.join(tb, "train")),
-            tf.summary.create_file_writer(storage.join(tb, "validation")))
+    tb = self._tensorboard_dir()
+    return (tf.summary.create_file_writer(os.path.join(tb, "train")),
+            tf.summary.create_file_writer(os.path.join(tb, "validation")))
+
+  def _sync_tensorboard(self, *writers):
+    for w in writers:
+      w.flush()
+    if not (self.chief and storage.is_gcs(self.run_paths.tensorboard)):
+      return
+    local = self._tensorboard_dir()
+    for root, _, names in os.walk(local):
+      for name in names:
+        path = os.path.join(root, name)
+        rel = os.path.relpath(path, local).replace(os.sep, "/")
+        storage.upload_file(path, storage.join(self.run_paths.tensorboard, rel))
 
   def run(self) -> dict:
     config = self.config
@@ -332,13 +360,13 @@ class Trainer:
           break
       if step % config.checkpoint_every == 0 or step == self.total_steps:
         self.store.save(step)
+        self._sync_tensorboard(train_writer, val_writer)
       if self._stop_requested:
         self.store.save(step)
         self.store.wait()
         logging.warning("Preempted at step %d; checkpoint saved, exiting", step)
         raise Preempted()
-    train_writer.flush()
-    val_writer.flush()
+    self._sync_tensorboard(train_writer, val_writer)
     return {"step": step, "validation": last_eval,
             "best_validation_loss": float(self.best_val_loss.numpy())}
 

@@ -165,10 +165,10 @@ def test_killed_run_is_not_read_as_complete(tmp_path):
        f"--output_dir={out}", "--split_mode=tail", "--chunk_bytes=65536"] + BEAM_ARGS,
       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 60
-  while time.time() < deadline and not glob.glob(str(out / "*beam-temp*")):
+  while time.time() < deadline and not glob.glob(str(out / "train-*")):
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  assert glob.glob(str(out / "*beam-temp*")), "the run ended before it was killed"
+  assert glob.glob(str(out / "train-*")), "the run ended before it was killed"
   with pytest.raises(M.IncompleteDatasetError):
     M.load_dataset_metadata(str(out))
