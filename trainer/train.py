@@ -19,6 +19,7 @@ from dataspec import paths
 from dataspec import storage
 from dataspec import vocab as vocab_lib
 from trainer import checkpoints
+from trainer import cluster
 from trainer import data
 from trainer import model as model_lib
 from trainer import optim
@@ -45,8 +46,11 @@ def create_strategy(config) -> tf.distribute.Strategy:
       if len(tf.config.list_logical_devices("CPU")) != config.num_cpu_devices:
         raise
   if config.strategy == "multi_worker":
+    cluster.set_tf_config_from_indexed_job(os.environ)
     if "TF_CONFIG" not in os.environ:
-      raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable")
+      raise ValueError("--strategy=multi_worker needs TF_CONFIG, or a Kubernetes "
+                       "Indexed Job's JOB_COMPLETION_INDEX with TEXTGEN_NUM_WORKERS "
+                       "and TEXTGEN_WORKER_HOSTNAME (see trainer/cluster.py)")
     # Must come before anything initializes the TF runtime (listing logical
     # devices would): collective ops are configured at start-up.
     return tf.distribute.MultiWorkerMirroredStrategy()
