@@ -31,6 +31,10 @@ class PreprocessConfig:
     chunk_bytes: target size of the byte ranges large files are cut into.
     seed: seed of the in-chunk window shuffle.
     overwrite: replace a complete dataset already in output_dir.
+    validation_input: files that form the validation split whole (then
+      --input is all train and validation_fraction must be 0), e.g. PTB's
+      ptb.valid.txt.
+    test_input: files that form a test split (not used for the vocabulary).
   """
   input: Tuple[str, ...]
   output_dir: str
@@ -46,6 +50,8 @@ class PreprocessConfig:
   chunk_bytes: int = 1 << 20
   seed: int = 0
   overwrite: bool = False
+  validation_input: Tuple[str, ...] = ()
+  test_input: Tuple[str, ...] = ()
 
   def __post_init__(self):
     if not self.input:
@@ -74,10 +80,25 @@ class PreprocessConfig:
     if self.compression not in COMPRESSIONS:
       raise ValueError(f"Unrecognized --compression: {self.compression!r} "
                        f"(choose from {', '.join(COMPRESSIONS)})")
+    if self.validation_input and self.validation_fraction:
+      raise ValueError("--validation_fraction must be 0 with --validation_input "
+                       f"(got {self.validation_fraction})")
     if self.chunk_bytes < 4096:
       raise ValueError(f"--chunk_bytes must be at least 4096, got {self.chunk_bytes}")
+
+  @property
+  def splits(self) -> Tuple[str, ...]:
+    """The splits this run writes."""
+    out = ["train"]
+    if self.validation_fraction or self.validation_input:
+      out.append("validation")
+    if self.test_input:
+      out.append("test")
+    return tuple(out)
 
   def to_json_dict(self) -> dict:
     d = dataclasses.asdict(self)
     d["input"] = list(self.input)
+    d["validation_input"] = list(self.validation_input)
+    d["test_input"] = list(self.test_input)
     return d

@@ -27,6 +27,7 @@ class InputFile:
   path: str
   size: int
   document_id: str  # path below the pattern's directory: stable across moves
+  split: str = ""  # a fixed split (--validation_input, --test_input), or ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +121,9 @@ def plan_chunks(files: Sequence[InputFile], *, split_mode: str,
   """
   chunks = []
   for f in files:
-    if split_mode == "hash":
+    if f.split:
+      ranges = [(f.split, 0, f.size)]
+    elif split_mode == "hash":
       split = "validation" if hash_fraction(f.document_id) < validation_fraction else "train"
       ranges = [(split, 0, f.size)]
     else:

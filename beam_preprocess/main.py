@@ -58,6 +58,10 @@ _COMPRESSION = flags.DEFINE_enum("compression", "gzip", config_lib.COMPRESSIONS,
 _CHUNK_BYTES = flags.DEFINE_integer("chunk_bytes", 1 << 20,
                                     "Target bytes per chunk of a large file.", flag_values=FLAGS)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the in-chunk window shuffle.", flag_values=FLAGS)
+_VALIDATION_INPUT = flags.DEFINE_list(
+    "validation_input", [], "Files that are the validation split, whole.", flag_values=FLAGS)
+_TEST_INPUT = flags.DEFINE_list(
+    "test_input", [], "Files that are a test split, whole.", flag_values=FLAGS)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a complete dataset.", flag_values=FLAGS)
 
 flags.mark_flags_as_required(["input", "output_dir"], flag_values=FLAGS)
@@ -117,7 +121,9 @@ def config_from_flags() -> config_lib.PreprocessConfig:
       compression=_COMPRESSION.value,
       chunk_bytes=_CHUNK_BYTES.value,
       seed=_SEED.value,
-      overwrite=_OVERWRITE.value)
+      overwrite=_OVERWRITE.value,
+      validation_input=tuple(_VALIDATION_INPUT.value),
+      test_input=tuple(_TEST_INPUT.value))
 
 
 def main(argv):

@@ -8,6 +8,7 @@
   then COMPLETED last.
 """
 
+import dataclasses
 import json
 from typing import Dict, List, Sequence
 
@@ -38,6 +39,12 @@ def check_inputs(config: config_lib.PreprocessConfig):
     (files, skipped) as from inputs.match_inputs.
   """
   files, skipped = inputs.match_inputs(config.input)
+  for split, patterns in (("validation", config.validation_input),
+                          ("test", config.test_input)):
+    if patterns:
+      fixed, fixed_skipped = inputs.match_inputs(patterns)
+      files += [dataclasses.replace(f, split=split) for f in fixed]
+      skipped += fixed_skipped
   longest = max(f.size for f in files)
   if longest < config.window_length + 1:
     raise ValueError(
@@ -45,9 +52,10 @@ def check_inputs(config: config_lib.PreprocessConfig):
         f"document (the largest input has {longest} bytes, so fewer than "
         f"{config.window_length + 1} tokens)")
   if config.split_mode == "hash" and config.validation_fraction > 0:
+    free = [f for f in files if not f.split]
     num_val = sum(inputs.hash_fraction(f.document_id) < config.validation_fraction
-                  for f in files)
-    if num_val == 0 or num_val == len(files):
+                  for f in free)
+    if num_val == 0 or num_val == len(free):
       which = "validation" if num_val == 0 else "train"
       raise ValueError(
           f"--split_mode=hash with --validation_fraction="
@@ -90,7 +98,7 @@ def finalize(_, *, config: config_lib.PreprocessConfig, vocab: List[str],
   spec = config.tokenizer
   vocab_size = len(vocab) if spec.uses_vocab else tokenizer_lib.BYTE_VOCAB_SIZE
   splits = {}
-  for split in paths.SPLITS:
+  for split in ("train", "validation") + tuple(x for x in config.splits if x == "test"):
     s = stats.get(split, dict.fromkeys(transforms.STATS_KEYS, 0))
     names = sorted(storage.basename(f) for f in files.get(split, []))
     splits[split] = metadata_lib.SplitStats(**s, shards=len(names), files=names)
@@ -98,7 +106,7 @@ def finalize(_, *, config: config_lib.PreprocessConfig, vocab: List[str],
     raise ValueError(
         f"No training windows: --window_length={config.window_length} is "
         "longer than every training document (or chunk)")
-  if config.validation_fraction > 0 and splits["validation"].windows == 0:
+  if "validation" in config.splits and splits["validation"].windows == 0:
     raise ValueError(
         f"No validation windows: the validation part of the corpus is shorter "
         f"than --window_length={config.window_length}; raise "
@@ -151,9 +159,7 @@ def build_pipeline(p: beam.Pipeline, *, config: config_lib.PreprocessConfig,
   stats = (encoded[transforms.EncodeChunk.STATS]
            | "SumStats" >> beam.CombinePerKey(transforms.sum_stats))
   written = {}
-  for split in paths.SPLITS:
-    if split == "validation" and config.validation_fraction == 0:
-      continue
+  for split in config.splits:
     written[split] = encoded[split] | f"Write_{split}" >> transforms.WriteShards(
         file_path_prefix=paths.DatasetPaths(config.output_dir).shard_prefix(split),
         num_shards=config.num_shards, compression=config.compression)

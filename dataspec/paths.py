@@ -3,6 +3,7 @@
   dataset_dir/                      written by beam_preprocess
     train-00000-of-00004.tfrecord.gz
     validation-00000-of-00001.tfrecord.gz
+    test-....tfrecord.gz              only with --test_input
     vocab.txt  metadata.json  config.json
     COMPLETED                       written last; holds metadata.json's sha256
   model_dir/                        written by trainer
@@ -19,7 +20,7 @@ import dataclasses
 
 from dataspec import storage
 
-SPLITS = ("train", "validation")
+SPLITS = ("train", "validation", "test")
 
 
 @dataclasses.dataclass(frozen=True)

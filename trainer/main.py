@@ -1,14 +1,16 @@
 r"""Train the Embedding+LSTM language model on a preprocessed dataset.
 
-On the bundled corpus, on a 2-core CPU (about 3 minutes; validation loss
-about 1.9 nats/char, i.e. recognisable words):
+On the bundled corpus, on a 2-core CPU (about 5 minutes at ~20,000 tokens/s;
+validation loss about 1.86 nats/char: real words in the samples):
 
   textgen-train --dataset_dir=runs/shakespeare/data \
-      --model_dir=runs/shakespeare/model --train_steps=600 --batch_size=32
+      --model_dir=runs/shakespeare/model --units=128 --embedding_dim=32 \
+      --train_steps=600 --learning_rate=1e-2 --warmup_steps=50 --schedule=cosine
 
 Uses every local GPU (MirroredStrategy) by default; --strategy=multi_worker
-reads TF_CONFIG. Re-running the same command after a crash resumes from the
-last complete checkpoint; SIGTERM checkpoints and exits with code 143.
+reads TF_CONFIG (or derives it in a Kubernetes Indexed Job). Re-running the
+same command after a crash resumes from the last complete checkpoint;
+SIGTERM checkpoints and exits with code 143.
 """
 
 from absl import app

@@ -113,12 +113,15 @@ class Trainer:
     self.train_files = data.split_files(config.dataset_dir, self.meta, "train")
     has_val = self.meta.splits["validation"].windows > 0
     self.val_files = data.split_files(config.dataset_dir, self.meta, "validation") if has_val else []
+    has_test = "test" in self.meta.splits and self.meta.splits["test"].windows > 0
+    self.test_files = data.split_files(config.dataset_dir, self.meta, "test") if has_test else []
     self.local_dir = config.local_dir or os.path.join(
         tempfile.gettempdir(), "textgen-" + hashlib.sha256(
             config.model_dir.encode()).hexdigest()[:12])
     if not config.stream_gcs:
       self.train_files = data.stage_files(self.train_files, os.path.join(self.local_dir, "data"))
       self.val_files = data.stage_files(self.val_files, os.path.join(self.local_dir, "data"))
+      self.test_files = data.stage_files(self.test_files, os.path.join(self.local_dir, "data"))
     self.strategy = create_strategy(config)
     self.replicas = self.strategy.num_replicas_in_sync
     if config.batch_size % self.replicas:
@@ -256,15 +259,17 @@ class Trainer:
     end = (epoch + num_epochs) * self.steps_per_epoch
     return iter(self.strategy.distribute_datasets_from_function(fn)), end
 
-  def evaluate(self) -> dict:
-    if not self.val_files:
+  def evaluate(self, split: str = "validation") -> dict:
+    """Loss, perplexity and accuracy on `split` ({} if it has no windows)."""
+    files = {"validation": self.val_files, "test": self.test_files}[split]
+    if not files:
       return {}
-    windows = self.meta.splits["validation"].windows
+    windows = self.meta.splits[split].windows
     steps = max(1, windows // self.config.batch_size)
-    if self.config.eval_steps:
+    if self.config.eval_steps and split == "validation":
       steps = min(steps, self.config.eval_steps)
     def fn(ctx):
-      return data.make_eval_dataset(ctx, files=self.val_files, meta=self.meta,
+      return data.make_eval_dataset(ctx, files=files, meta=self.meta,
                                     global_batch_size=self.config.batch_size)
     it = iter(self.strategy.distribute_datasets_from_function(fn))
     loss_sum, correct, count = [float(v) for v in self._eval_loop(it, tf.constant(steps))]
@@ -427,6 +432,10 @@ class Trainer:
       result = dict(result, exported_step=best_step)
     else:
       result = dict(result, exported_step=int(self.step.numpy()))
+    if self.test_files:
+      result["test"] = self.evaluate("test")
+      logging.info("Test (step %d): loss %.4f perplexity %.2f", result["exported_step"],
+                   result["test"]["loss"], result["test"]["perplexity"])
     if not self.chief:
       return result
     ep = self.run_paths.export

@@ -172,3 +172,27 @@ def test_killed_run_is_not_read_as_complete(tmp_path):
   assert glob.glob(str(out / "train-*")), "the run ended before it was killed"
   with pytest.raises(M.IncompleteDatasetError):
     M.load_dataset_metadata(str(out))
+
+
+def test_fixed_validation_and_test_inputs(tmp_path):
+  text = shakespeare_text(30_000)
+  for name, part in (("train.txt", text[:20_000]), ("valid.txt", text[20_000:25_000]),
+                     ("test.txt", text[25_000:])):
+    (tmp_path / name).write_text(part)
+  config = config_lib.PreprocessConfig(
+      input=(str(tmp_path / "train.txt"),), output_dir=str(tmp_path / "out"),
+      tokenizer=T.TokenizerSpec(type="word"), window_length=8,
+      validation_fraction=0.0, validation_input=(str(tmp_path / "valid.txt"),),
+      test_input=(str(tmp_path / "test.txt"),))
+  meta = pipeline.run(config, pipeline_args=BEAM_ARGS)
+  assert set(meta.splits) == {"train", "validation", "test"}
+  assert all(s.documents == 1 and s.windows > 0 for s in meta.splits.values())
+  # The vocabulary comes from the training split only.
+  vocab = set(M.load_vocab_for(config.output_dir, meta))
+  train_words = set(T.Tokenizer(config.tokenizer, vocab=list(T.RESERVED_TOKENS)).count(
+      text[:20_000]))
+  assert vocab - set(T.RESERVED_TOKENS) == train_words
+  assert meta.splits["test"].unknown_tokens > 0
+  with pytest.raises(ValueError, match="--validation_fraction must be 0 with --validation_input"):
+    config_lib.PreprocessConfig(input=("a",), output_dir="b", tokenizer=T.TokenizerSpec(),
+                                validation_input=("c",))

@@ -101,3 +101,47 @@ def test_bad_flags_give_clear_errors(tiny_dataset, tmp_path):
   with pytest.raises(M.IncompleteDatasetError, match="--dataset_dir=.*not a complete dataset"):
     train.Trainer(config)
   assert not os.path.exists(tmp_path / "m" / "checkpoints")
+
+
+def test_test_split_is_evaluated_at_export(tmp_path):
+  from beam_preprocess import config as pre_config
+  from beam_preprocess import pipeline
+  from dataspec import tokenizer
+  from testutil import shakespeare_text
+  text = shakespeare_text(40_000)
+  for name, part in (("train.txt", text[:30_000]), ("valid.txt", text[30_000:35_000]),
+                     ("test.txt", text[35_000:])):
+    (tmp_path / name).write_text(part)
+  data_dir = tmp_path / "data"
+  pipeline.run(pre_config.PreprocessConfig(
+      input=(str(tmp_path / "train.txt"),), output_dir=str(data_dir),
+      tokenizer=tokenizer.TokenizerSpec(type="char"), window_length=32,
+      validation_fraction=0.0, validation_input=(str(tmp_path / "valid.txt"),),
+      test_input=(str(tmp_path / "test.txt"),)), pipeline_args=BEAM_ARGS)
+  # one_device: a second MirroredStrategy with other shapes in this process
+  # would collide with the first one's collective instance keys.
+  config = config_lib.TrainConfig(dataset_dir=str(data_dir), model_dir=str(tmp_path / "m"),
+                                  train_steps=10, strategy="one_device", **SMALL_MODEL)
+  result = train.run(config)
+  assert result["test"]["perplexity"] == pytest.approx(np.exp(result["test"]["loss"]))
+  training = json.load(open(tmp_path / "m" / "export" / "training.json"))
+  assert training["test"]["loss"] == result["test"]["loss"]
+
+
+def test_mixed_precision_path_trains(tiny_dataset, tmp_path):
+  """mixed_float16 (meant for GPUs) runs here too: loss scaling, clipping on
+  unscaled gradients, a float32 output layer."""
+  import keras
+  config = config_lib.TrainConfig(dataset_dir=str(tiny_dataset), model_dir=str(tmp_path / "m"),
+                                  train_steps=4, mixed_precision=True, strategy="one_device",
+                                  **dict(SMALL_MODEL, log_every=2, checkpoint_every=2))
+  try:
+    trainer = train.Trainer(config)
+    assert trainer.model.get_layer("lstm_0").compute_dtype == "float16"
+    assert trainer.model.get_layer("output").compute_dtype == "float32"
+    result = trainer.run()
+    trainer.store.close()
+    trainer.best_store.close()
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+  assert result["step"] == 4 and np.isfinite(result["validation"]["loss"])
