@@ -27,8 +27,10 @@ class TiedOutput(keras.layers.Layer):
                                 initializer="zeros")
 
   def call(self, x):
-    kernel = tf.cast(self._embedding.embeddings, x.dtype)
-    logits = tf.einsum("...d,vd->...v", x, kernel)
+    kernel = tf.cast(self._embedding.embeddings, x.dtype)  # (vocab, d)
+    # tensordot reshapes to one matmul; einsum("...d,vd->...v") broadcast a
+    # (batch, time, vocab, d) intermediate here (18 GB for PTB).
+    logits = tf.tensordot(x, kernel, axes=[[x.shape.rank - 1], [1]])  # (..., vocab)
     return tf.cast(logits, self.compute_dtype) + tf.cast(self.bias, self.compute_dtype)
 
 
