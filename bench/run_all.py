@@ -53,10 +53,25 @@ def read_validation_curve(model_dir, tokens_per_step):
   return val
 
 
-def quality_run(recipe):
+def plot_curve(curve, recipe):
+  """Writes bench/results/validation_loss.png (loss vs wall time and tokens)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+  a.plot([c[0] / 60 for c in curve], [c[2] for c in curve], marker="o")
+  a.set_xlabel("wall time (minutes)")
+  b.plot([c[1] / 1e6 for c in curve], [c[2] for c in curve], marker="o")
+  b.set_xlabel("tokens seen (millions)")
+  for ax in (a, b):
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.grid(True, alpha=0.3)
+  fig.suptitle(f"{recipe}: validation loss ({os.cpu_count()} CPUs)")
+  fig.tight_layout()
+  fig.savefig(os.path.join(RESULTS, "validation_loss.png"), dpi=100)
+
+
+def quality_run(recipe):
   bin_dir = os.path.dirname(sys.executable)
   pre = os.path.join(REPO, "recipes", recipe, "preprocess.flags")
   train = os.path.join(REPO, "recipes", recipe, "train.flags")
@@ -72,18 +87,7 @@ def quality_run(recipe):
   meta = json.load(open(os.path.join(REPO, values["dataset_dir"], "metadata.json")))
   tokens_per_step = int(values["batch_size"]) * meta["window_length"]
   curve = read_validation_curve(model_dir, tokens_per_step)
-  fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-  a.plot([c[0] / 60 for c in curve], [c[2] for c in curve], marker="o")
-  a.set_xlabel("wall time (minutes)")
-  b.plot([c[1] / 1e6 for c in curve], [c[2] for c in curve], marker="o")
-  b.set_xlabel("tokens seen (millions)")
-  for ax in (a, b):
-    ax.set_ylabel("validation loss (nats/token)")
-    ax.grid(True, alpha=0.3)
-  fig.suptitle(f"{recipe}: validation loss ({platform.node()}, {os.cpu_count()} CPUs)")
-  fig.tight_layout()
-  path = os.path.join(RESULTS, "validation_loss.png")
-  fig.savefig(path, dpi=100)
+  plot_curve(curve, recipe)
   best = min(c[2] for c in curve)
   return (f"Recipe `{recipe}`: best validation loss {best:.3f} nats/token, "
           f"final {curve[-1][2]:.3f} after {curve[-1][0] / 60:.1f} min "
