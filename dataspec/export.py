@@ -67,15 +67,6 @@ class ModelSpec:
     return cls(**json.loads(text))
 
 
-def weight_names(spec: ModelSpec):
-  names = ["embedding"]
-  for i in range(spec.num_layers):
-    names += [f"lstm_{i}/kernel", f"lstm_{i}/recurrent_kernel", f"lstm_{i}/bias"]
-  if spec.projection_dim:
-    names += ["projection/kernel", "projection/bias"]
-  return names + ["output/kernel", "output/bias"]
-
-
 def check_weights(spec: ModelSpec, weights: Dict[str, np.ndarray]):
   """Raises ValueError if names or shapes do not fit `spec`."""
   expected = {"embedding": (spec.vocab_size, spec.embedding_dim)}

@@ -75,13 +75,6 @@ def _masked_crc(data: bytes) -> int:
   return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
-def frame_record(record: bytes) -> bytes:
-  """One TFRecord: length, CRC of length, data, CRC of data."""
-  length = struct.pack("<Q", len(record))
-  return (length + struct.pack("<I", _masked_crc(length)) + record +
-          struct.pack("<I", _masked_crc(record)))
-
-
 def encode_windows(windows: np.ndarray, token_dtype: str) -> bytes:
   """Serializes and frames windows as TFRecords, ready to append to a file.
 

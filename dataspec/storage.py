@@ -235,11 +235,6 @@ def delete_dir(path: str):
     shutil.rmtree(path)
 
 
-def makedirs(path: str):
-  if not is_gcs(path):
-    os.makedirs(path, exist_ok=True)
-
-
 def check_writable(path: str):
   """Fails early, naming `path`, if a directory cannot be written."""
   if is_gcs(path):

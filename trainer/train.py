@@ -427,11 +427,9 @@ class Trainer:
 
   def export(self, result: dict) -> dict:
     """Writes export/ (the best validation checkpoint if there is one)."""
-    if self.best_store.latest_step() is not None:
-      best_step = self.best_store.restore_latest()
-      result = dict(result, exported_step=best_step)
-    else:
-      result = dict(result, exported_step=int(self.step.numpy()))
+    best_step = self.best_store.restore_latest()
+    result = dict(result, exported_step=(
+        best_step if best_step is not None else int(self.step.numpy())))
     if self.test_files:
       result["test"] = self.evaluate("test")
       logging.info("Test (step %d): loss %.4f perplexity %.2f", result["exported_step"],
