@@ -8,7 +8,12 @@ r"""Runs every benchmark and writes bench/results/RESULTS.md and a plot.
    description.
 2. The quality recipe (recipes/<name>/*.flags): preprocess + train, then its
    validation loss is plotted against wall time and against tokens seen
-   (bench/results/validation_loss.png) from the run's TensorBoard events.
+   (bench/results/validation_loss.png) from the run's TensorBoard events,
+   next to the baseline of the same run: the tutorial recipe (Keras
+   Sequential, one-hot target for the last position of each window,
+   train_on_batch on an in-memory id array) trained on the same text split
+   for the same wall time, its validation loss measured on 1,024 fixed
+   validation windows every --baseline_eval_seconds.
 """
 
 import datetime
@@ -25,6 +30,8 @@ RESULTS = os.path.join(REPO, "bench", "results")
 
 _SKIP_QUALITY = flags.DEFINE_bool("skip_quality", False, "Skip the quality run.")
 _RECIPE = flags.DEFINE_string("quality_recipe", "shakespeare_char", "Recipe to train.")
+_BASELINE_EVAL_SECONDS = flags.DEFINE_float(
+    "baseline_eval_seconds", 60, "Seconds between the baseline's validation runs.")
 
 
 def run_bench(script, *args):
@@ -53,19 +60,73 @@ def read_validation_curve(model_dir, tokens_per_step):
   return val
 
 
-def plot_curve(curve, recipe):
+def tutorial_curve(values, seconds):
+  """The tutorial recipe on the recipe's text for `seconds` of wall time:
+  [(wall seconds, target tokens seen, validation loss)]."""
+  import json  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  import keras  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, REPO)
+  from dataspec import metadata  # pylint: disable=g-import-not-at-top
+  from dataspec import tokenizer  # pylint: disable=g-import-not-at-top
+  dataset_dir = os.path.join(REPO, values["dataset_dir"])
+  meta = metadata.load_dataset_metadata(dataset_dir)
+  config = json.load(open(os.path.join(dataset_dir, "config.json")))
+  text = "".join(open(os.path.join(REPO, path), encoding="utf-8").read()
+                 for path in config["input"])
+  tok = tokenizer.Tokenizer(meta.tokenizer_spec,
+                            vocab=metadata.load_vocab_for(dataset_dir, meta))
+  ids = tok.encode(text)  # the tutorial holds the corpus in memory
+  cut = int(len(ids) * (1 - config["validation_fraction"]))
+  train_ids, val_ids = ids[:cut], ids[cut:]
+  window, batch, vocab = meta.window_length, int(values["batch_size"]), meta.vocab_size
+  model = keras.Sequential(
+      [keras.Input((window,), dtype="int32"),
+       keras.layers.Embedding(vocab, int(values["embedding_dim"]))] +
+      [keras.layers.LSTM(int(values["units"]), return_sequences=i + 1 < int(values["num_layers"]))
+       for i in range(int(values["num_layers"]))] +
+      [keras.layers.Dense(vocab, activation="softmax")])
+  model.compile(loss="categorical_crossentropy", optimizer="adam")
+  rng = np.random.default_rng(0)
+  val_starts = rng.integers(0, len(val_ids) - window - 1, 1024)
+  val_x = np.stack([val_ids[s:s + window] for s in val_starts])
+  val_y = keras.utils.to_categorical(val_ids[val_starts + window], vocab)
+  start, seen, curve, next_eval = time.time(), 0, [], 0.0
+  while True:
+    elapsed = time.time() - start
+    if elapsed >= next_eval or elapsed >= seconds:
+      loss = float(model.evaluate(val_x, val_y, batch_size=256, verbose=0))
+      curve.append((elapsed, seen, loss))
+      print(f"baseline {elapsed / 60:.1f} min, {seen:,} targets: validation loss {loss:.3f}",
+            flush=True)
+      next_eval += _BASELINE_EVAL_SECONDS.value
+      if elapsed >= seconds:
+        return curve
+    starts = rng.integers(0, len(train_ids) - window - 1, batch)
+    x = np.stack([train_ids[s:s + window] for s in starts])
+    y = keras.utils.to_categorical(train_ids[starts + window], vocab)  # one-hot
+    model.train_on_batch(x, y)
+    seen += batch
+
+
+def plot_curve(curve, recipe, baseline=None):
   """Writes bench/results/validation_loss.png (loss vs wall time and tokens)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-  a.plot([c[0] / 60 for c in curve], [c[2] for c in curve], marker="o")
+  runs = [("ours: " + recipe, curve)] + ([("tutorial recipe", baseline)] if baseline else [])
+  for label, points in runs:
+    a.plot([c[0] / 60 for c in points], [c[2] for c in points], marker="o", label=label)
+    b.plot([max(c[1], 1) for c in points], [c[2] for c in points], marker="o", label=label)
   a.set_xlabel("wall time (minutes)")
-  b.plot([c[1] / 1e6 for c in curve], [c[2] for c in curve], marker="o")
-  b.set_xlabel("tokens seen (millions)")
+  b.set_xlabel("target tokens seen")
+  b.set_xscale("log")
   for ax in (a, b):
     ax.set_ylabel("validation loss (nats/token)")
     ax.grid(True, alpha=0.3)
+    ax.legend()
   fig.suptitle(f"{recipe}: validation loss ({os.cpu_count()} CPUs)")
   fig.tight_layout()
   fig.savefig(os.path.join(RESULTS, "validation_loss.png"), dpi=100)
@@ -87,11 +148,16 @@ def quality_run(recipe):
   meta = json.load(open(os.path.join(REPO, values["dataset_dir"], "metadata.json")))
   tokens_per_step = int(values["batch_size"]) * meta["window_length"]
   curve = read_validation_curve(model_dir, tokens_per_step)
-  plot_curve(curve, recipe)
+  baseline = tutorial_curve(values, seconds=curve[-1][0])
+  plot_curve(curve, recipe, baseline)
   best = min(c[2] for c in curve)
   return (f"Recipe `{recipe}`: best validation loss {best:.3f} nats/token, "
           f"final {curve[-1][2]:.3f} after {curve[-1][0] / 60:.1f} min "
-          f"({curve[-1][1] / 1e6:.1f}M tokens).\n\n![validation loss](validation_loss.png)")
+          f"({curve[-1][1] / 1e6:.1f}M tokens). Baseline (tutorial recipe, same "
+          f"text, same wall time): {baseline[-1][2]:.3f} after {baseline[-1][1]:,} "
+          f"targets; ours is {baseline[-1][2] - curve[-1][2]:.3f} nats/token lower and "
+          f"saw {curve[-1][1] / max(baseline[-1][1], 1):,.0f}x the targets."
+          f"\n\n![validation loss](validation_loss.png)")
 
 
 def main(_):

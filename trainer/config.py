@@ -21,6 +21,11 @@ class TrainConfig:
     embedding_dropout: dropout on the embedding output.
     recurrent_dropout: dropout on the recurrent state; > 0 disables cuDNN.
     tie_embeddings: share the embedding matrix with the output layer.
+    unigram_bias_tokens: a fresh run starts the output bias at the log
+      unigram distribution counted over this many training tokens (0 = zero
+      bias). Adam moves each weight about learning_rate per step, so from a
+      zero bias a 10k-word vocabulary spends hundreds of steps just learning
+      word frequencies.
     batch_size: global batch (windows per step over all replicas); must be
       divisible by the number of replicas.
     epochs: passes over the training windows (used when train_steps is 0).
@@ -61,6 +66,7 @@ class TrainConfig:
   embedding_dropout: float = 0.0
   recurrent_dropout: float = 0.0
   tie_embeddings: bool = False
+  unigram_bias_tokens: int = 1_000_000
   batch_size: int = 64
   epochs: int = 1
   train_steps: int = 0
@@ -105,7 +111,7 @@ class TrainConfig:
       positive(name)
     for name in ("train_steps", "weight_decay", "warmup_steps", "clip_norm",
                  "eval_every", "eval_steps", "early_stopping_patience",
-                 "num_cpu_devices"):
+                 "num_cpu_devices", "unigram_bias_tokens"):
       non_negative(name)
     for name in ("dropout", "embedding_dropout", "recurrent_dropout"):
       if not 0 <= getattr(self, name) < 1:

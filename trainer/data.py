@@ -9,6 +9,7 @@ parsing, so no window is replayed or skipped after a restart.
 import os
 from typing import List
 
+import numpy as np
 import tensorflow as tf
 
 from dataspec import metadata as metadata_lib
@@ -64,8 +65,8 @@ def _records(files, *, compression, ctx, shuffle_seed=None):
   return ds
 
 
-def _to_batches(ds, *, batch_size, parse):
-  ds = ds.batch(batch_size, drop_remainder=True)
+def _to_batches(ds, *, batch_size, parse, drop_remainder=True):
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
   ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)  # (batch, L+1)
   ds = ds.map(schema.split_window, num_parallel_calls=tf.data.AUTOTUNE)
   return ds.prefetch(tf.data.AUTOTUNE)
@@ -114,12 +115,31 @@ def make_train_dataset(ctx, *, files, meta, global_batch_size: int, seed: int,
   return _to_batches(ds, batch_size=batch, parse=parse)
 
 
-def make_eval_dataset(ctx, *, files, meta, global_batch_size: int):
-  """Validation batches in file order, repeated (the caller fixes the count)."""
+def make_eval_dataset(ctx, *, files, meta, global_batch_size: int, steps: int):
+  """The first `steps` batches per replica in file order, cycled forever, so
+  one iterator serves every evaluation of a run and each sees the same
+  windows."""
   batch = ctx.get_per_replica_batch_size(global_batch_size) if ctx else global_batch_size
+  replicas_here = ctx.num_replicas_in_sync // ctx.num_input_pipelines if ctx else 1
   ds = _records(files, compression=_compression(meta), ctx=ctx).repeat()
+  ds = ds.take(steps * batch * replicas_here).repeat()
   parse = schema.make_parse_fn(window_length=meta.window_length, token_dtype=meta.token_dtype)
   return _to_batches(ds, batch_size=batch, parse=parse)
+
+
+def unigram_log_probs(files, meta, *, max_tokens: int) -> np.ndarray:
+  """log p(token) over the first `max_tokens` target tokens of `files` (in
+  file order, so every worker gets the same answer), add-one smoothed:
+  float32 (vocab_size,)."""
+  length = meta.window_length
+  batch = max(1, min(1024, max_tokens // length))
+  ds = _records(files, compression=_compression(meta), ctx=None)
+  ds = ds.take(max(1, max_tokens // length))
+  parse = schema.make_parse_fn(window_length=length, token_dtype=meta.token_dtype)
+  counts = np.ones(meta.vocab_size, np.float64)
+  for _, targets in _to_batches(ds, batch_size=batch, parse=parse, drop_remainder=False):
+    counts += np.bincount(targets.numpy().ravel(), minlength=meta.vocab_size)
+  return np.log(counts / counts.sum()).astype(np.float32)
 
 
 def _compression(meta) -> str:

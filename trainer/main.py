@@ -32,6 +32,10 @@ _EMBEDDING_DROPOUT = flags.DEFINE_float("embedding_dropout", 0.0, "Dropout on em
 _RECURRENT_DROPOUT = flags.DEFINE_float(
     "recurrent_dropout", 0.0, "Dropout on the recurrent state (disables cuDNN).", flag_values=FLAGS)
 _TIE_EMBEDDINGS = flags.DEFINE_bool("tie_embeddings", False, "Share input/output embeddings.", flag_values=FLAGS)
+_UNIGRAM_BIAS_TOKENS = flags.DEFINE_integer(
+    "unigram_bias_tokens", 1_000_000,
+    "Start the output bias at the log unigram distribution of this many "
+    "training tokens; 0 = zero bias.", flag_values=FLAGS)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Global batch (all replicas).", flag_values=FLAGS)
 _EPOCHS = flags.DEFINE_integer("epochs", 1, "Epochs (when --train_steps=0).", flag_values=FLAGS)
 _TRAIN_STEPS = flags.DEFINE_integer("train_steps", 0, "Total steps; 0 = epochs.", flag_values=FLAGS)
@@ -74,7 +78,8 @@ def config_from_flags() -> config_lib.TrainConfig:
       num_layers=_NUM_LAYERS.value, dropout=_DROPOUT.value,
       embedding_dropout=_EMBEDDING_DROPOUT.value,
       recurrent_dropout=_RECURRENT_DROPOUT.value,
-      tie_embeddings=_TIE_EMBEDDINGS.value, batch_size=_BATCH_SIZE.value,
+      tie_embeddings=_TIE_EMBEDDINGS.value,
+      unigram_bias_tokens=_UNIGRAM_BIAS_TOKENS.value, batch_size=_BATCH_SIZE.value,
       epochs=_EPOCHS.value, train_steps=_TRAIN_STEPS.value,
       optimizer=_OPTIMIZER.value, learning_rate=_LEARNING_RATE.value,
       weight_decay=_WEIGHT_DECAY.value, warmup_steps=_WARMUP_STEPS.value,

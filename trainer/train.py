@@ -173,6 +173,7 @@ class Trainer:
         directory=storage.join(self.run_paths.checkpoints, "best"),
         checkpoint=best_ckpt, keep=1, is_chief=self.chief)
     self._stop_requested = False
+    self._eval_iterators = {}
     self._build_functions()
 
   # ---- compiled steps ---------------------------------------------------
@@ -268,10 +269,17 @@ class Trainer:
     steps = max(1, windows // self.config.batch_size)
     if self.config.eval_steps and split == "validation":
       steps = min(steps, self.config.eval_steps)
-    def fn(ctx):
-      return data.make_eval_dataset(ctx, files=files, meta=self.meta,
-                                    global_batch_size=self.config.batch_size)
-    it = iter(self.strategy.distribute_datasets_from_function(fn))
+    # One iterator per split for the whole run: its dataset cycles through the
+    # same `steps` batches, and a fresh iterator would retrace eval_loop
+    # (15-30 s on 2 cores, at every evaluation).
+    key = (split, steps)
+    if key not in self._eval_iterators:
+      def fn(ctx):
+        return data.make_eval_dataset(ctx, files=files, meta=self.meta,
+                                      global_batch_size=self.config.batch_size,
+                                      steps=steps)
+      self._eval_iterators[key] = iter(self.strategy.distribute_datasets_from_function(fn))
+    it = self._eval_iterators[key]
     loss_sum, correct, count = [float(v) for v in self._eval_loop(it, tf.constant(steps))]
     loss = loss_sum / count
     return {"loss": loss, "perplexity": math.exp(min(loss, 50)),
@@ -318,6 +326,8 @@ class Trainer:
     restored = self.store.restore_latest()
     if restored is not None:
       logging.info("Resuming at step %d of %d", int(self.step.numpy()), self.total_steps)
+    elif config.unigram_bias_tokens and not config.export_only:
+      self._init_output_bias()
     if config.export_only:
       if restored is None:
         raise ValueError(f"--export_only: no checkpoint in {self.run_paths.checkpoints}")
@@ -330,6 +340,18 @@ class Trainer:
       self.store.wait()
       self.best_store.wait()
     return self.export(result)
+
+  def _init_output_bias(self):
+    """Output bias := log unigram probabilities, so step 0 already predicts
+    word frequencies (the loss starts at the unigram entropy, not log V)."""
+    start = time.time()
+    log_probs = data.unigram_log_probs(self.train_files, self.meta,
+                                       max_tokens=self.config.unigram_bias_tokens)
+    self.model.get_layer("output").bias.assign(log_probs)
+    entropy = -float(np.sum(np.exp(log_probs) * log_probs))
+    logging.info("Output bias set to the log unigram distribution (entropy %.3f "
+                 "nats, perplexity %.1f) in %.1f s", entropy, math.exp(entropy),
+                 time.time() - start)
 
   def _loop(self) -> dict:
     config = self.config
