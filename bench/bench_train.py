@@ -87,14 +87,20 @@ def bench_ours(case, dataset_dir, work) -> float:
   return _STEPS.value * case["batch"] * case["window"] / elapsed
 
 
-def bench_tutorial(case, ids, vocab) -> float:
-  model = keras.Sequential([
-      keras.Input((case["window"],), dtype="int32"),
-      keras.layers.Embedding(vocab, case["embedding"]),
-      keras.layers.LSTM(case["units"], return_sequences=True),
-      keras.layers.LSTM(case["units"]),
-      keras.layers.Dense(vocab, activation="softmax")])
+def tutorial_model(*, vocab, window, embedding, units, layers) -> keras.Model:
+  """The tutorial's model: Embedding -> LSTM x layers -> Dense softmax on the
+  last position, categorical cross-entropy on one-hot labels, Adam."""
+  model = keras.Sequential(
+      [keras.Input((window,), dtype="int32"), keras.layers.Embedding(vocab, embedding)] +
+      [keras.layers.LSTM(units, return_sequences=i + 1 < layers) for i in range(layers)] +
+      [keras.layers.Dense(vocab, activation="softmax")])
   model.compile(loss="categorical_crossentropy", optimizer="adam")
+  return model
+
+
+def bench_tutorial(case, ids, vocab) -> float:
+  model = tutorial_model(vocab=vocab, window=case["window"], embedding=case["embedding"],
+                         units=case["units"], layers=2)
   rng = np.random.default_rng(0)
   def batch():
     starts = rng.integers(0, len(ids) - case["window"] - 1, case["batch"])

@@ -70,6 +70,7 @@ def tutorial_curve(values, seconds):
   sys.path.insert(0, REPO)
   from dataspec import metadata  # pylint: disable=g-import-not-at-top
   from dataspec import tokenizer  # pylint: disable=g-import-not-at-top
+  import bench_train  # pylint: disable=g-import-not-at-top
   dataset_dir = os.path.join(REPO, values["dataset_dir"])
   meta = metadata.load_dataset_metadata(dataset_dir)
   config = json.load(open(os.path.join(dataset_dir, "config.json")))
@@ -81,13 +82,9 @@ def tutorial_curve(values, seconds):
   cut = int(len(ids) * (1 - config["validation_fraction"]))
   train_ids, val_ids = ids[:cut], ids[cut:]
   window, batch, vocab = meta.window_length, int(values["batch_size"]), meta.vocab_size
-  model = keras.Sequential(
-      [keras.Input((window,), dtype="int32"),
-       keras.layers.Embedding(vocab, int(values["embedding_dim"]))] +
-      [keras.layers.LSTM(int(values["units"]), return_sequences=i + 1 < int(values["num_layers"]))
-       for i in range(int(values["num_layers"]))] +
-      [keras.layers.Dense(vocab, activation="softmax")])
-  model.compile(loss="categorical_crossentropy", optimizer="adam")
+  model = bench_train.tutorial_model(
+      vocab=vocab, window=window, embedding=int(values["embedding_dim"]),
+      units=int(values["units"]), layers=int(values["num_layers"]))
   rng = np.random.default_rng(0)
   val_starts = rng.integers(0, len(val_ids) - window - 1, 1024)
   val_x = np.stack([val_ids[s:s + window] for s in val_starts])

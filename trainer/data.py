@@ -115,14 +115,10 @@ def make_train_dataset(ctx, *, files, meta, global_batch_size: int, seed: int,
   return _to_batches(ds, batch_size=batch, parse=parse)
 
 
-def make_eval_dataset(ctx, *, files, meta, global_batch_size: int, steps: int):
-  """The first `steps` batches per replica in file order, cycled forever, so
-  one iterator serves every evaluation of a run and each sees the same
-  windows."""
+def make_eval_dataset(ctx, *, files, meta, global_batch_size: int):
+  """Validation batches in file order, repeated (the caller fixes the count)."""
   batch = ctx.get_per_replica_batch_size(global_batch_size) if ctx else global_batch_size
-  replicas_here = ctx.num_replicas_in_sync // ctx.num_input_pipelines if ctx else 1
   ds = _records(files, compression=_compression(meta), ctx=ctx).repeat()
-  ds = ds.take(steps * batch * replicas_here).repeat()
   parse = schema.make_parse_fn(window_length=meta.window_length, token_dtype=meta.token_dtype)
   return _to_batches(ds, batch_size=batch, parse=parse)
 

@@ -173,7 +173,6 @@ class Trainer:
         directory=storage.join(self.run_paths.checkpoints, "best"),
         checkpoint=best_ckpt, keep=1, is_chief=self.chief)
     self._stop_requested = False
-    self._eval_iterators = {}
     self._build_functions()
 
   # ---- compiled steps ---------------------------------------------------
@@ -269,17 +268,10 @@ class Trainer:
     steps = max(1, windows // self.config.batch_size)
     if self.config.eval_steps and split == "validation":
       steps = min(steps, self.config.eval_steps)
-    # One iterator per split for the whole run: its dataset cycles through the
-    # same `steps` batches, and a fresh iterator would retrace eval_loop
-    # (15-30 s on 2 cores, at every evaluation).
-    key = (split, steps)
-    if key not in self._eval_iterators:
-      def fn(ctx):
-        return data.make_eval_dataset(ctx, files=files, meta=self.meta,
-                                      global_batch_size=self.config.batch_size,
-                                      steps=steps)
-      self._eval_iterators[key] = iter(self.strategy.distribute_datasets_from_function(fn))
-    it = self._eval_iterators[key]
+    def fn(ctx):
+      return data.make_eval_dataset(ctx, files=files, meta=self.meta,
+                                    global_batch_size=self.config.batch_size)
+    it = iter(self.strategy.distribute_datasets_from_function(fn))
     loss_sum, correct, count = [float(v) for v in self._eval_loop(it, tf.constant(steps))]
     loss = loss_sum / count
     return {"loss": loss, "perplexity": math.exp(min(loss, 50)),
