@@ -27,6 +27,8 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from dataspec import wordsplit
+
 PAD_ID = 0
 UNK_ID = 1
 EOS_ID = 2
@@ -40,9 +42,9 @@ PUNCTUATION_MODES = ("keep", "split", "strip")
 NUMBER_MODES = ("keep", "replace")
 NUMBER_TOKEN = "N"  # What `numbers="replace"` writes, as in the PTB corpus.
 
-# One regex per punctuation mode, with and without line ends as tokens.
-# (One findall over a whole chunk is the fastest tokenizer in pure Python;
-# str.translate + split measured 2x slower.)
+# One regex per punctuation mode, with and without line ends as tokens. They
+# define the word tokenizer; texts of at least _VECTORIZE_MIN_CHARS are split
+# by wordsplit (the same tokens, found with numpy: see bench/bench_tokenizer.py).
 _WORD_PATTERNS = {
     "keep": r"[^\s]+",  # split on white space only
     "split": r"\w+|[^\w\s]",  # punctuation marks are tokens
@@ -52,6 +54,9 @@ _WORD_REGEXES = {(mode, eos): re.compile(("\n|" if eos else "") + pattern)
                  for mode, pattern in _WORD_PATTERNS.items()
                  for eos in (False, True)}
 _NUMBER = re.compile(r"\d[\d,.]*\Z")
+# Below this, findall is as fast and needs no code point tables (~0.3 s to
+# build once per process).
+_VECTORIZE_MIN_CHARS = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +138,8 @@ class Tokenizer:
 
   def __init__(self, spec: TokenizerSpec, vocab: Optional[Sequence[str]] = None):
     self.spec = spec
+    self._splitter = wordsplit.WordSplitter(punctuation=spec.punctuation,
+                                            line_eos=spec.line_eos)
     if spec.type == "byte":
       self.vocab = None
       self.vocab_size = BYTE_VOCAB_SIZE
@@ -150,6 +157,7 @@ class Tokenizer:
     self._ids["<pad>"] = UNK_ID
     if spec.type == "word":
       self._ids["\n"] = EOS_ID
+    self._key_table = None  # built on the first vectorized encode
     if spec.type == "char":
       chars = [t for t in self.vocab[NUM_RESERVED:]]
       if any(len(c) != 1 for c in chars):
@@ -181,7 +189,11 @@ class Tokenizer:
       return collections.Counter(
           {chr(cp): int(counts[cp]) for cp in nonzero})
     if self.spec.type == "word":
-      counter = collections.Counter(self.split_words(text))
+      counter = None
+      if len(text) >= _VECTORIZE_MIN_CHARS:
+        counter = self._count_words_vectorized(text)
+      if counter is None:
+        counter = collections.Counter(self.split_words(text))
       counter.pop("\n", None)
       for reserved in RESERVED_TOKENS:
         counter.pop(reserved, None)
@@ -200,10 +212,104 @@ class Tokenizer:
       inside = codepoints < len(self._table)
       ids = self._table[np.where(inside, codepoints, 0)]
       return np.where(inside, ids, UNK_ID).astype(np.int32)
+    if len(text) >= _VECTORIZE_MIN_CHARS:
+      ids = self._encode_words_vectorized(text)
+      if ids is not None:
+        return ids
     words = self.split_words(text)
     # map() over dict.get runs in C; "\n" is in self._ids as <eos>.
     return np.fromiter(map(self._ids.get, words, itertools.repeat(UNK_ID)),
                        dtype=np.int32, count=len(words))
+
+  def _count_words_vectorized(self, text: str) -> Optional[collections.Counter]:
+    """count() of normalized `text` via wordsplit; None if it cannot tell."""
+    cps = wordsplit.code_points(text)
+    if cps is None:
+      return None
+    spans = self._splitter.spans(cps)
+    if self.spec.line_eos:  # line ends are not vocabulary candidates
+      words = cps[spans.starts] != ord("\n")
+      spans = wordsplit.Spans(spans.starts[words], spans.ends[words])
+    counter = collections.Counter()
+    if self.spec.numbers == "replace":
+      numbers = wordsplit.WordSplitter.numbers(cps, spans)
+      if numbers.any():
+        counter[NUMBER_TOKEN] = int(numbers.sum())
+        spans = wordsplit.Spans(spans.starts[~numbers], spans.ends[~numbers])
+    if not len(spans.starts):
+      return counter
+    keys = wordsplit.token_keys(cps, spans)  # (num_tokens,)
+    order = np.argsort(keys)
+    sorted_keys = keys[order]
+    group_starts = np.flatnonzero(np.concatenate(
+        ([True], sorted_keys[1:] != sorted_keys[:-1])))
+    counts = np.diff(np.append(group_starts, len(keys)))  # (num_distinct,)
+    firsts = order[group_starts]  # one token of each key
+    same_as = np.repeat(firsts, counts)  # for the tokens in `order`
+    itemsize = wordsplit.itemsize_for(cps)
+    prefixes = wordsplit.prefixes(cps, spans, itemsize)
+    if not wordsplit.same_tokens(
+        cps, wordsplit.Spans(spans.starts[order], spans.ends[order]), prefixes[order],
+        cps, wordsplit.Spans(spans.starts[same_as], spans.ends[same_as]),
+        prefixes[same_as], itemsize=itemsize).all():
+      return None  # two different tokens share a key
+    for start, end, count in zip(spans.starts[firsts].tolist(),
+                                 spans.ends[firsts].tolist(), counts.tolist()):
+      counter[text[start:end]] += count
+    return counter
+
+  def _build_key_table(self):
+    """Vocabulary tokens sorted by key, for _encode_words_vectorized; () if
+    the vocabulary cannot be put in a code point array."""
+    tokens = [t for t in self._ids if t]
+    cps = wordsplit.code_points("".join(tokens))
+    if cps is None:
+      return ()
+    lengths = np.array([len(t) for t in tokens], dtype=np.int64)
+    starts = np.zeros(len(tokens), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    spans = wordsplit.Spans(starts, starts + lengths)
+    keys = wordsplit.token_keys(cps, spans)
+    order = np.argsort(keys, kind="stable")
+    ids = np.array([self._ids[t] for t in tokens], dtype=np.int32)
+    spans = wordsplit.Spans(spans.starts[order], spans.ends[order])
+    # Prefixes for each itemsize a text may need, made when first needed.
+    prefixes = {}
+    def prefixes_for(itemsize):
+      if itemsize not in prefixes:
+        prefixes[itemsize] = wordsplit.prefixes(cps, spans, itemsize)
+      return prefixes[itemsize]
+    return (keys[order], ids[order], cps, spans, wordsplit.itemsize_for(cps),
+            prefixes_for)
+
+  def _encode_words_vectorized(self, text: str) -> Optional[np.ndarray]:
+    """encode() of normalized `text` via wordsplit; None if it cannot."""
+    cps = wordsplit.code_points(text)
+    if cps is None:
+      return None
+    if self._key_table is None:
+      self._key_table = self._build_key_table()
+    if not self._key_table:
+      return None
+    (vocab_keys, vocab_ids, vocab_cps, vocab_spans, vocab_itemsize,
+     vocab_prefixes) = self._key_table
+    spans = self._splitter.spans(cps)
+    keys = wordsplit.token_keys(cps, spans)  # (num_tokens,)
+    at = np.minimum(np.searchsorted(vocab_keys, keys), len(vocab_keys) - 1)
+    hit = vocab_keys[at] == keys
+    itemsize = max(wordsplit.itemsize_for(cps), vocab_itemsize)
+    same = hit & wordsplit.same_tokens(
+        cps, spans, wordsplit.prefixes(cps, spans, itemsize), vocab_cps,
+        wordsplit.Spans(vocab_spans.starts[at], vocab_spans.ends[at]),
+        vocab_prefixes(itemsize)[at], itemsize=itemsize)
+    out = np.where(same, vocab_ids[at], UNK_ID).astype(np.int32)
+    # A key shared by two different tokens: look those up by string.
+    for i in np.flatnonzero(hit & ~same).tolist():
+      out[i] = self._ids.get(text[spans.starts[i]:spans.ends[i]], UNK_ID)
+    if self.spec.numbers == "replace":
+      out[wordsplit.WordSplitter.numbers(cps, spans)] = self._ids.get(
+          NUMBER_TOKEN, UNK_ID)
+    return out
 
   def encode_bytes(self, data: bytes) -> np.ndarray:
     """Encodes raw bytes: decoded as UTF-8 (invalid bytes -> U+FFFD) unless

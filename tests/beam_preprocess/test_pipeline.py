@@ -196,3 +196,40 @@ def test_fixed_validation_and_test_inputs(tmp_path):
   with pytest.raises(ValueError, match="--validation_fraction must be 0 with --validation_input"):
     config_lib.PreprocessConfig(input=("a",), output_dir="b", tokenizer=T.TokenizerSpec(),
                                 validation_input=("c",))
+
+
+def test_direct_runner_defaults_to_one_thread_per_cpu():
+  args = pipeline.direct_runner_defaults([])
+  assert args == [f"--direct_num_workers={os.cpu_count()}",
+                  "--direct_running_mode=multi_threading"]
+  assert pipeline.direct_runner_defaults(["--runner=DirectRunner"])[1:] == args
+  for given in (BEAM_ARGS, ["--direct_num_workers=3"],
+                ["--runner=DataflowRunner", "--project=p"]):
+    assert pipeline.direct_runner_defaults(given) == given
+
+
+def test_word_windows_with_default_runner_equal_the_regex_tokenizer(tmp_path):
+  """Threaded workers and the vectorized word splitter (chunks > 4,096 chars)
+  give exactly the windows of re.findall + a dict lookup."""
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text(shakespeare_text(200_000) + "Ünïcödé wörds, 1,000 émigrés.\n" * 50)
+  config = config_lib.PreprocessConfig(
+      input=(str(corpus),), output_dir=str(tmp_path / "out"),
+      tokenizer=T.TokenizerSpec(type="word"), window_length=20, split_mode="tail",
+      validation_fraction=0.0, max_vocab_size=2000, chunk_bytes=16384)
+  meta = pipeline.run(config, pipeline_args=[])
+  vocab = M.load_vocab_for(config.output_dir, meta)
+  tok = T.Tokenizer(meta.tokenizer_spec, vocab=vocab)
+  files, _ = inputs.match_inputs([str(corpus)])
+  chunks = inputs.plan_chunks(files, split_mode="tail", validation_fraction=0.0,
+                              chunk_bytes=16384)
+  expected = []
+  for c in chunks:
+    words = tok.split_words(T.normalize_text(transforms.read_chunk(c).decode(), tok.spec))
+    ids = [T.EOS_ID if w == "\n" else tok.id_of(w) for w in words]
+    ids = np.array([T.UNK_ID if i is None else i for i in ids], dtype=np.int32)
+    expected += [tuple(w) for w in schema.window_ids(ids,
+                                                     window_length=20, stride=20)]
+  got = read_split(config.output_dir, meta, "train")
+  assert len(chunks) > 10 and meta.splits["train"].unknown_tokens > 0
+  assert sorted(map(tuple, got)) == sorted(expected)
