@@ -238,20 +238,11 @@ class Tokenizer:
         spans = wordsplit.Spans(spans.starts[~numbers], spans.ends[~numbers])
     if not len(spans.starts):
       return counter
-    keys = wordsplit.token_keys(cps, spans)  # (num_tokens,)
-    order = np.argsort(keys)
-    sorted_keys = keys[order]
-    group_starts = np.flatnonzero(np.concatenate(
-        ([True], sorted_keys[1:] != sorted_keys[:-1])))
-    counts = np.diff(np.append(group_starts, len(keys)))  # (num_distinct,)
-    firsts = order[group_starts]  # one token of each key
-    same_as = np.repeat(firsts, counts)  # for the tokens in `order`
     itemsize = wordsplit.itemsize_for(cps)
-    prefixes = wordsplit.prefixes(cps, spans, itemsize)
-    if not wordsplit.same_tokens(
-        cps, wordsplit.Spans(spans.starts[order], spans.ends[order]), prefixes[order],
-        cps, wordsplit.Spans(spans.starts[same_as], spans.ends[same_as]),
-        prefixes[same_as], itemsize=itemsize).all():
+    packed = wordsplit.pack(cps, spans, itemsize)
+    firsts, counts, same_as = wordsplit.group(packed.keys)
+    if not wordsplit.same_tokens(cps, spans.starts, packed, cps, spans.starts[same_as],
+                                 packed.take(same_as), itemsize=itemsize).all():
       return None  # two different tokens share a key
     for start, end, count in zip(spans.starts[firsts].tolist(),
                                  spans.ends[firsts].tolist(), counts.tolist()):
@@ -259,8 +250,8 @@ class Tokenizer:
     return counter
 
   def _build_key_table(self):
-    """Vocabulary tokens sorted by key, for _encode_words_vectorized; () if
-    the vocabulary cannot be put in a code point array."""
+    """The vocabulary packed for _encode_words_vectorized; () if it cannot
+    be put in a code point array."""
     tokens = [t for t in self._ids if t]
     cps = wordsplit.code_points("".join(tokens))
     if cps is None:
@@ -269,18 +260,16 @@ class Tokenizer:
     starts = np.zeros(len(tokens), dtype=np.int64)
     np.cumsum(lengths[:-1], out=starts[1:])
     spans = wordsplit.Spans(starts, starts + lengths)
-    keys = wordsplit.token_keys(cps, spans)
-    order = np.argsort(keys, kind="stable")
     ids = np.array([self._ids[t] for t in tokens], dtype=np.int32)
-    spans = wordsplit.Spans(spans.starts[order], spans.ends[order])
-    # Prefixes for each itemsize a text may need, made when first needed.
-    prefixes = {}
-    def prefixes_for(itemsize):
-      if itemsize not in prefixes:
-        prefixes[itemsize] = wordsplit.prefixes(cps, spans, itemsize)
-      return prefixes[itemsize]
-    return (keys[order], ids[order], cps, spans, wordsplit.itemsize_for(cps),
-            prefixes_for)
+    # Keys depend on the itemsize, which a text may raise: one pack and
+    # table per itemsize, made when first needed.
+    tables = {}
+    def table_for(itemsize):
+      if itemsize not in tables:
+        packed = wordsplit.pack(cps, spans, itemsize)
+        tables[itemsize] = (packed, wordsplit.KeyTable(packed.keys))
+      return tables[itemsize]
+    return ids, cps, spans, wordsplit.itemsize_for(cps), table_for
 
   def _encode_words_vectorized(self, text: str) -> Optional[np.ndarray]:
     """encode() of normalized `text` via wordsplit; None if it cannot."""
@@ -291,17 +280,17 @@ class Tokenizer:
       self._key_table = self._build_key_table()
     if not self._key_table:
       return None
-    (vocab_keys, vocab_ids, vocab_cps, vocab_spans, vocab_itemsize,
-     vocab_prefixes) = self._key_table
-    spans = self._splitter.spans(cps)
-    keys = wordsplit.token_keys(cps, spans)  # (num_tokens,)
-    at = np.minimum(np.searchsorted(vocab_keys, keys), len(vocab_keys) - 1)
-    hit = vocab_keys[at] == keys
+    vocab_ids, vocab_cps, vocab_spans, vocab_itemsize, table_for = self._key_table
     itemsize = max(wordsplit.itemsize_for(cps), vocab_itemsize)
-    same = hit & wordsplit.same_tokens(
-        cps, spans, wordsplit.prefixes(cps, spans, itemsize), vocab_cps,
-        wordsplit.Spans(vocab_spans.starts[at], vocab_spans.ends[at]),
-        vocab_prefixes(itemsize)[at], itemsize=itemsize)
+    vocab_packed, table = table_for(itemsize)
+    spans = self._splitter.spans(cps)
+    packed = wordsplit.pack(cps, spans, itemsize)
+    found = table.find(packed.keys)  # (num_tokens,) vocabulary index or -1
+    hit = found >= 0
+    at = np.maximum(found, 0)
+    same = hit & wordsplit.same_tokens(cps, spans.starts, packed, vocab_cps,
+                                       vocab_spans.starts[at], vocab_packed.take(at),
+                                       itemsize=itemsize)
     out = np.where(same, vocab_ids[at], UNK_ID).astype(np.int32)
     # A key shared by two different tokens: look those up by string.
     for i in np.flatnonzero(hit & ~same).tolist():

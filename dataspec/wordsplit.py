@@ -31,9 +31,10 @@ _BMP = 0x10000  # tables this big cover most text and build in 1/17 the time
 # Character classes; `\w` and `\s` are disjoint, everything else is punctuation.
 _SPACE, _WORD, _PUNCT, _NEWLINE = 0, 1, 2, 3
 _NEWLINE_CP = ord("\n")
-# Odd multiplier of the polynomial key (invertible mod 2^64) and a length mix.
-_BASE = 0x9E3779B97F4A7C15
-_LENGTH_MIX = np.uint64(0xC2B2AE3D27D4EB4F)
+# Odd 64-bit multipliers that mix a token's packed code points into its key.
+_MIX = tuple(np.uint64(m) for m in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F,
+                                    0x165667B19E3779F9, 0xD6E8FEB86659FD93,
+                                    0xFF51AFD7ED558CCD))
 
 
 def _class_tables(cps: np.ndarray):
@@ -59,27 +60,6 @@ def _build_class_tables(size: int):
   number_chars = digits.copy()
   number_chars[[ord(","), ord(".")]] = True
   return classes, digits, number_chars
-
-
-_INVERSE_BASE = pow(_BASE, -1, 1 << 64)
-_POWERS_CACHED = 1 << 22
-_powers_cache = (np.ones(1, dtype=np.uint64), np.ones(1, dtype=np.uint64))
-
-
-def _powers(n: int):
-  """(_BASE ** k, _BASE ** -k) mod 2^64 for k < n; uint64 arithmetic wraps."""
-  global _powers_cache
-  if len(_powers_cache[0]) >= n:
-    return _powers_cache[0][:n], _powers_cache[1][:n]
-  size = max(n, min(2 * len(_powers_cache[0]), _POWERS_CACHED))
-  powers = []
-  for base in (_BASE, _INVERSE_BASE):
-    factors = np.full(size, base, dtype=np.uint64)
-    factors[0] = 1
-    powers.append(np.cumprod(factors, dtype=np.uint64))
-  if size <= _POWERS_CACHED:
-    _powers_cache = tuple(powers)
-  return powers[0][:n], powers[1][:n]
 
 
 def code_points(text: str) -> Optional[np.ndarray]:
@@ -139,38 +119,38 @@ class WordSplitter:
     return all_allowed & digits[cps[spans.starts]]
 
 
-def token_keys(cps: np.ndarray, spans: Spans) -> np.ndarray:
-  """64-bit keys of the tokens: a polynomial hash of code points and length.
-
-  Equal tokens get equal keys; different tokens almost always different
-  ones (same_tokens tells for sure).
-
-  Returns:
-    (num_tokens,) uint64.
-  """
-  powers, inverse_powers = _powers(len(cps) + 1)
-  prefix = np.zeros(len(cps) + 1, dtype=np.uint64)  # sum of cps[j] * B^j, j < i
-  np.cumsum(cps * powers[:-1], out=prefix[1:])
-  keys = (prefix[spans.ends] - prefix[spans.starts]) * inverse_powers[spans.starts]
-  return keys ^ ((spans.ends - spans.starts).astype(np.uint64) * _LENGTH_MIX)
-
-
 def itemsize_for(cps: np.ndarray) -> int:
   """Bytes per code point that hold every one of `cps`: 1, 2 or 4."""
   top = int(cps.max()) if len(cps) else 0
   return 1 if top < 0x100 else 2 if top < 0x10000 else 4
 
 
-def prefixes(cps: np.ndarray, spans: Spans, itemsize: int) -> np.ndarray:
-  """The first 8 // itemsize code points of each token in one uint64.
+class Packed(NamedTuple):
+  """Tokens packed into uint64s by pack(); all fields (num_tokens,)."""
+  lengths: np.ndarray  # int64
+  prefixes: np.ndarray  # uint64: the first 8 // itemsize code points
+  middles: np.ndarray  # uint64: 8 // itemsize code points from the middle
+  lasts: np.ndarray  # uint64: the last 8 // itemsize code points
+  keys: np.ndarray  # uint64 hash of the token
+
+  def take(self, index: np.ndarray) -> "Packed":
+    """The packs of tokens `index` (without keys, which comparing skips)."""
+    return Packed(self.lengths[index], self.prefixes[index], self.middles[index],
+                  self.lasts[index], keys=None)
+
+
+def pack(cps: np.ndarray, spans: Spans, itemsize: int) -> Packed:
+  """Packs tokens into uint64 reads and keys them.
 
   Code points are narrowed to `itemsize` bytes (they must fit) and read as
-  little-endian uint64s at every token start, masked to the token's length,
-  so tokens no longer than 8 // itemsize are equal iff lengths and prefixes
-  are.
-
-  Returns:
-    (num_tokens,) uint64.
+  little-endian uint64s of 8 // itemsize code points (the width): a token's
+  prefix (masked to its length) and, if it is longer than the width, the
+  reads at its middle and end. Those three cover every code point of tokens
+  up to 3 * width long, so such tokens are equal iff length and reads are.
+  The key mixes the reads, the length and, for longer tokens, a polynomial
+  hash of all their code points: equal tokens get equal keys, different ones
+  almost always different keys (same_tokens() tells for sure). Reads and keys
+  agree only between packs of the same itemsize.
   """
   width = 8 // itemsize
   narrow = np.zeros(len(cps) + width, dtype=f"<u{itemsize}")
@@ -180,28 +160,128 @@ def prefixes(cps: np.ndarray, spans: Spans, itemsize: int) -> np.ndarray:
                      strides=(itemsize,))
   masks = np.array([(1 << (8 * itemsize * k)) - 1 for k in range(width)] +
                    [(1 << 64) - 1], dtype=np.uint64)
-  lengths = np.minimum(spans.ends - spans.starts, width)
-  return words[spans.starts] & masks[lengths]
+  lengths = spans.ends - spans.starts
+  prefixes = words[spans.starts] & masks[np.minimum(lengths, width)]
+  middles = np.zeros_like(prefixes)
+  lasts = np.zeros_like(prefixes)
+  over = np.flatnonzero(lengths > width)  # few: most words fit in one read
+  beyond = lengths[over] - width
+  middles[over] = words[spans.starts[over] + beyond // 2]
+  lasts[over] = words[spans.starts[over] + beyond]
+  keys = (prefixes * _MIX[0] + middles * _MIX[1] + lasts * _MIX[2] +
+          lengths.astype(np.uint64) * _MIX[3])
+  long = over[beyond > 2 * width]
+  if len(long):
+    keys[long] += _polynomial_hash(cps, spans.starts[long], lengths[long])
+  keys ^= keys >> np.uint64(32)  # so that the top bits (slots) see every bit
+  keys *= _MIX[4]
+  keys ^= keys >> np.uint64(29)
+  return Packed(lengths, prefixes, middles, lasts, keys)
 
 
-def same_tokens(cps_a: np.ndarray, spans_a: Spans, prefixes_a: np.ndarray,
-                cps_b: np.ndarray, spans_b: Spans, prefixes_b: np.ndarray, *,
+_powers_cache = np.ones(1, dtype=np.uint64)
+
+
+def _powers(n: int) -> np.ndarray:
+  """_MIX[0] ** k mod 2^64 for k < n (uint64 arithmetic wraps)."""
+  global _powers_cache
+  if len(_powers_cache) < n:
+    factors = np.full(max(n, 2 * len(_powers_cache)), _MIX[0], dtype=np.uint64)
+    factors[0] = 1
+    _powers_cache = np.cumprod(factors, dtype=np.uint64)
+  return _powers_cache[:n]
+
+
+def _polynomial_hash(cps: np.ndarray, starts: np.ndarray,
+                     lengths: np.ndarray) -> np.ndarray:
+  """sum_k cps[start + k] * B^k mod 2^64 per token; (num_tokens,) uint64."""
+  first = np.zeros(len(lengths), dtype=np.int64)  # of each token in the flat chars
+  np.cumsum(lengths[:-1], out=first[1:])
+  offsets = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(first, lengths)
+  terms = (cps[np.repeat(starts, lengths) + offsets].astype(np.uint64) *
+           _powers(int(lengths.max()))[offsets])
+  return np.add.reduceat(terms, first)
+
+
+def slots(keys: np.ndarray, bits: int) -> np.ndarray:
+  """Slot of each key in a table of 2**bits slots (the key's top bits)."""
+  return (keys >> np.uint64(64 - bits)).astype(np.int64)
+
+
+def group(keys: np.ndarray):
+  """Groups equal keys without sorting them all.
+
+  Every token writes its index into the slot of its key; a token whose slot
+  then holds a token with the same key joins that token's group. Only tokens
+  whose slot went to another key (a few percent) are sorted.
+
+  Returns:
+    (firsts, counts, same_as): one token of each key, the tokens per key,
+    and for every token the index of the chosen token of its key.
+  """
+  n = len(keys)
+  bits = max(12, n.bit_length())  # at least as many slots as tokens
+  owner = np.empty(1 << bits, dtype=np.int64)  # only written slots are read
+  slot = slots(keys, bits)
+  owner[slot] = np.arange(n)
+  same_as = owner[slot]
+  rest = np.flatnonzero(keys[same_as] != keys)
+  counts = np.bincount(np.delete(same_as, rest), minlength=n)
+  if len(rest):  # slot taken by another key: sort these
+    order = rest[np.argsort(keys[rest], kind="stable")]
+    sorted_keys = keys[order]
+    starts = np.flatnonzero(np.concatenate(([True], sorted_keys[1:] != sorted_keys[:-1])))
+    sizes = np.diff(np.append(starts, len(order)))
+    same_as[order] = np.repeat(order[starts], sizes)
+    counts[order[starts]] += sizes
+  firsts = np.flatnonzero(counts)
+  return firsts, counts[firsts], same_as
+
+
+class KeyTable:
+  """Finds keys among a fixed set (a vocabulary's): a slot table, plus a
+  sorted overflow for the keys whose slot went to another key."""
+
+  def __init__(self, keys: np.ndarray):
+    self.keys = keys
+    self._bits = max(12, (4 * len(keys)).bit_length())
+    self._owner = np.full(1 << self._bits, -1, dtype=np.int64)
+    slot = slots(keys, self._bits)
+    self._owner[slot] = np.arange(len(keys))
+    overflow = np.flatnonzero(self._owner[slot] != np.arange(len(keys)))
+    self._overflow = overflow[np.argsort(keys[overflow], kind="stable")]
+    self._overflow_keys = keys[self._overflow]
+
+  def find(self, keys: np.ndarray) -> np.ndarray:
+    """Index into the table's keys of each of `keys`, -1 where absent."""
+    found = self._owner[slots(keys, self._bits)]
+    found[self.keys[np.maximum(found, 0)] != keys] = -1
+    if len(self._overflow):
+      missing = np.flatnonzero(found < 0)
+      at = np.minimum(np.searchsorted(self._overflow_keys, keys[missing]),
+                      len(self._overflow) - 1)
+      hit = self._overflow_keys[at] == keys[missing]
+      found[missing[hit]] = self._overflow[at[hit]]
+    return found
+
+
+def same_tokens(cps_a: np.ndarray, starts_a: np.ndarray, packed_a: Packed,
+                cps_b: np.ndarray, starts_b: np.ndarray, packed_b: Packed, *,
                 itemsize: int) -> np.ndarray:
   """Token i of a equals token i of b? Exact; (num_tokens,) bool.
 
-  `prefixes_*` are prefixes() of the spans with `itemsize` (passed in so
-  callers reuse them).
+  Tokens start at starts_* in cps_* and were packed with `itemsize`.
   """
-  width = 8 // itemsize
-  lengths = spans_a.ends - spans_a.starts
-  same = (lengths == spans_b.ends - spans_b.starts) & (prefixes_a == prefixes_b)
-  long = np.flatnonzero(same & (lengths > width))
-  if len(long):  # compare the chars after the prefix, flattened
-    tail = lengths[long] - width
+  same = ((packed_a.lengths == packed_b.lengths) &
+          (packed_a.prefixes == packed_b.prefixes) &
+          (packed_a.middles == packed_b.middles) & (packed_a.lasts == packed_b.lasts))
+  long = np.flatnonzero(same & (packed_a.lengths > 3 * (8 // itemsize)))
+  if len(long):  # compare all their chars, flattened
+    lengths = packed_a.lengths[long]
     first = np.zeros(len(long), dtype=np.int64)
-    np.cumsum(tail[:-1], out=first[1:])
-    offsets = np.arange(int(tail.sum()), dtype=np.int64) - np.repeat(first, tail) + width
-    equal = (cps_a[np.repeat(spans_a.starts[long], tail) + offsets] ==
-             cps_b[np.repeat(spans_b.starts[long], tail) + offsets])
+    np.cumsum(lengths[:-1], out=first[1:])
+    offsets = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(first, lengths)
+    equal = (cps_a[np.repeat(starts_a[long], lengths) + offsets] ==
+             cps_b[np.repeat(starts_b[long], lengths) + offsets])
     same[long] = np.logical_and.reduceat(equal, first)
   return same
