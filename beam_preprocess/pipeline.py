@@ -155,7 +155,7 @@ def build_pipeline(p: beam.Pipeline, *, config: config_lib.PreprocessConfig,
       transforms.EncodeChunk(spec=config.tokenizer,
                              window_length=config.window_length,
                              stride=config.stride, seed=config.seed),
-      vocab=beam.pvalue.AsSingleton(vocab)).with_outputs(
+      vocab_text=beam.pvalue.AsSingleton(vocab)).with_outputs(
           transforms.EncodeChunk.STATS, *paths.SPLITS)
   stats = (encoded[transforms.EncodeChunk.STATS]
            | "SumStats" >> beam.CombinePerKey(transforms.sum_stats))
@@ -169,14 +169,16 @@ def build_pipeline(p: beam.Pipeline, *, config: config_lib.PreprocessConfig,
                  | "AllSkipped" >> beam.Flatten())
   side_files = {f"files_{s}": beam.pvalue.AsList(pc) for s, pc in written.items()}
 
-  def _finalize(x, *, vocab, stats, skipped, **files_by_name):
+  def _finalize(x, *, vocab_text, stats, skipped, **files_by_name):
     files_by_split = {k[len("files_"):]: v for k, v in files_by_name.items()}
+    vocab = (vocab_lib.parse_vocab(vocab_text) if config.tokenizer.uses_vocab
+             else [])
     finalize(x, config=config, vocab=vocab, stats=stats, files=files_by_split,
              skipped=skipped)
 
   _ = (p
        | "Start" >> beam.Create([None])
-       | "Finalize" >> beam.Map(_finalize, vocab=beam.pvalue.AsSingleton(vocab),
+       | "Finalize" >> beam.Map(_finalize, vocab_text=beam.pvalue.AsSingleton(vocab),
                                 stats=beam.pvalue.AsDict(stats),
                                 skipped=beam.pvalue.AsList(skipped_all),
                                 **side_files))

@@ -9,7 +9,7 @@ and once to encode them, rather than keeping their text between stages.
 import collections
 import uuid
 import zlib
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -82,7 +82,13 @@ class _MergeCounts(beam.CombineFn):
 
 
 class BuildVocab(beam.PTransform):
-  """Train chunks -> the vocabulary (a singleton list of tokens by id)."""
+  """Train chunks -> the vocabulary as vocab.txt text (a singleton; "" for
+  `byte`).
+
+  One string rather than a list of tokens: Beam's side-input cache measures
+  the size of every object it holds, which for a list of 30,000 strings took
+  longer than encoding the chunks that read it.
+  """
 
   def __init__(self, *, spec: tokenizer_lib.TokenizerSpec, max_vocab_size: int,
                min_count: int):
@@ -94,7 +100,7 @@ class BuildVocab(beam.PTransform):
   def expand(self, chunks):
     spec = self._spec
     if not spec.uses_vocab:
-      return chunks.pipeline | "NoVocab" >> beam.Create([[]])
+      return chunks.pipeline | "NoVocab" >> beam.Create([""])
     counter = tokenizer_lib.Tokenizer(
         spec, vocab=list(tokenizer_lib.RESERVED_TOKENS))
 
@@ -106,14 +112,16 @@ class BuildVocab(beam.PTransform):
             | "TrainOnly" >> beam.Filter(lambda c: c.split == "train")
             | "Count" >> beam.Map(count)
             | "SumCounts" >> beam.CombineGlobally(_MergeCounts())
-            | "Select" >> beam.Map(lambda counts: vocab_lib.select_vocab(
-                counts, max_vocab_size=max_vocab_size, min_count=min_count)))
+            | "Select" >> beam.Map(lambda counts: vocab_lib.format_vocab(
+                vocab_lib.select_vocab(counts, max_vocab_size=max_vocab_size,
+                                       min_count=min_count))))
 
 
 class EncodeChunk(beam.DoFn):
   """Chunk -> framed TFRecord bytes of its windows, tagged by split, + stats.
 
-  The tokenizer is built once per DoFn instance from the vocab side input.
+  The tokenizer is built once per DoFn instance from the vocab side input
+  (vocab.txt text).
   Windows of a chunk are shuffled (seeded by chunk) so that consecutive
   records of a shard are not consecutive text.
   """
@@ -130,15 +138,16 @@ class EncodeChunk(beam.DoFn):
   def setup(self):
     self._tokenizer = None
 
-  def _get_tokenizer(self, vocab: List[str]) -> tokenizer_lib.Tokenizer:
+  def _get_tokenizer(self, vocab_text: str) -> tokenizer_lib.Tokenizer:
     if self._tokenizer is None:
       self._tokenizer = tokenizer_lib.Tokenizer(
-          self._spec, vocab=vocab if self._spec.uses_vocab else None)
+          self._spec, vocab=(vocab_lib.parse_vocab(vocab_text)
+                             if self._spec.uses_vocab else None))
       self._token_dtype = schema.token_dtype_for(self._tokenizer.vocab_size)
     return self._tokenizer
 
-  def process(self, chunk: inputs.Chunk, vocab: List[str]):
-    tok = self._get_tokenizer(vocab)
+  def process(self, chunk: inputs.Chunk, vocab_text: str):
+    tok = self._get_tokenizer(vocab_text)
     data = read_chunk(chunk)
     ids = tok.encode_bytes(data)  # (num_tokens,)
     windows = schema.window_ids(ids, window_length=self._window_length,

@@ -11,17 +11,27 @@ token (code point order), so two runs over the same corpus give identical files.
 
 import hashlib
 import json
+import re
 from typing import List, Mapping, Sequence
 
 from dataspec import storage
 from dataspec import tokenizer
 
 
+# What json.dumps(ensure_ascii=False) escapes; other tokens are written as-is.
+_NEEDS_ESCAPE = re.compile(r'[\x00-\x1f"\\]')
+
+
 def escape_token(token: str) -> str:
+  """The token as a JSON string body (so "\\n" is a token too)."""
+  if not _NEEDS_ESCAPE.search(token):
+    return token
   return json.dumps(token, ensure_ascii=False)[1:-1]
 
 
 def unescape_token(line: str) -> str:
+  if not _NEEDS_ESCAPE.search(line):
+    return line
   return json.loads('"' + line + '"')
 
 
@@ -61,19 +71,24 @@ def write_vocab(path: str, tokens: Sequence[str]):
   storage.write_text(path, format_vocab(tokens))
 
 
-def read_vocab(path: str) -> List[str]:
-  """Reads vocab.txt; raises ValueError naming the file on a bad line."""
-  text = storage.read_text(path)
+def parse_vocab(text: str, *, source: str = "vocab") -> List[str]:
+  """Tokens of vocab.txt content; raises ValueError naming `source` and the
+  line when one is not an escaped token."""
   tokens = []
   for number, line in enumerate(text.split("\n")[:-1]):
     try:
       tokens.append(unescape_token(line))
     except json.JSONDecodeError as err:
-      raise ValueError(f"{path}: line {number + 1} is not an escaped token: "
+      raise ValueError(f"{source}: line {number + 1} is not an escaped token: "
                        f"{line!r}") from err
   if tuple(tokens[:tokenizer.NUM_RESERVED]) != tokenizer.RESERVED_TOKENS:
-    raise ValueError(f"{path}: must start with {tokenizer.RESERVED_TOKENS}")
+    raise ValueError(f"{source}: must start with {tokenizer.RESERVED_TOKENS}")
   return tokens
+
+
+def read_vocab(path: str) -> List[str]:
+  """Reads vocab.txt; raises ValueError naming the file on a bad line."""
+  return parse_vocab(storage.read_text(path), source=path)
 
 
 def fingerprint(tokens: Sequence[str]) -> str:

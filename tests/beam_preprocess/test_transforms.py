@@ -9,6 +9,7 @@ from beam_preprocess import inputs
 from beam_preprocess import transforms
 from dataspec import schema
 from dataspec import tokenizer as T
+from dataspec import vocab as V
 
 
 def _chunks(tmp_path, text, split="train", chunk_bytes=10_000):
@@ -27,8 +28,8 @@ def test_build_vocab_sums_counts_across_chunks(tmp_path):
   with TestPipeline() as p:
     vocab = (p | beam.Create(chunks) | transforms.BuildVocab(
         spec=T.TokenizerSpec(type="word"), max_vocab_size=0, min_count=2))
-    assert_that(vocab, equal_to([["<pad>", "<unk>", "<eos>", "the", "cat",
-                                  "dog", "sat"]]))
+    assert_that(vocab, equal_to([V.format_vocab(["<pad>", "<unk>", "<eos>", "the",
+                                                 "cat", "dog", "sat"])]))
 
 
 def test_encode_chunk_windows_and_stats(tmp_path):
@@ -41,7 +42,7 @@ def test_encode_chunk_windows_and_stats(tmp_path):
     out = (p | beam.Create(chunks) | beam.ParDo(
         transforms.EncodeChunk(spec=T.TokenizerSpec(type="char"),
                                window_length=10, stride=10, seed=0),
-        vocab=beam.pvalue.AsSingleton(p | "V" >> beam.Create([vocab])))
+        vocab_text=beam.pvalue.AsSingleton(p | "V" >> beam.Create([V.format_vocab(vocab)])))
            .with_outputs("stats", "train", "validation"))
     windows = out.train | beam.FlatMap(lambda b: [tuple(w) for w in schema.iter_windows(
         b, window_length=10, token_dtype="uint8")])

@@ -1,5 +1,7 @@
 import collections
 
+import pytest
+
 from dataspec import tokenizer as T
 from dataspec import vocab as V
 from testutil import shakespeare_text
@@ -20,6 +22,11 @@ def test_vocab_file_round_trip_with_special_tokens(tmp_path):
   text = open(path, encoding="utf-8").read()
   assert len(text.split("\n")) == len(tokens) + 1  # one token per line
   assert V.read_vocab(path) == tokens
+  # Plain tokens are written as they are; the rest as JSON string bodies.
+  assert text.split("\n")[3:-1] == ["\\n", "\\t", "\\\\", '\\"', " ", "é", "\u2028"]
+  for bad in ('a"b', "a\tb", "a\\"):
+    with pytest.raises(ValueError, match=r"vocab.txt: line 4 is not an escaped token"):
+      V.parse_vocab("<pad>\n<unk>\n<eos>\n" + bad + "\n", source="vocab.txt")
 
 
 def test_vocab_is_deterministic_across_count_orders(tmp_path):
