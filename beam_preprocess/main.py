@@ -9,8 +9,9 @@ training windows of 128 chars and ~860 validation windows):
 
 Any flag that is not one of ours is handed to Apache Beam as a pipeline
 option: `--runner=DataflowRunner --project=P --region=R
---temp_location=gs://B/tmp --setup_file=./setup.py`, or
-`--direct_num_workers=2 --direct_running_mode=multi_processing` locally.
+--temp_location=gs://B/tmp --setup_file=./setup.py`. Locally (DirectRunner)
+the default is one worker thread per CPU; `--direct_num_workers` and
+`--direct_running_mode` override it.
 """
 
 import argparse
