@@ -192,12 +192,20 @@ def _powers(n: int) -> np.ndarray:
   return _powers_cache[:n]
 
 
+def _flat_chars(lengths: np.ndarray):
+  """(first, offsets) of tokens' chars laid end to end: token i's chars are
+  flat positions first[i]..first[i] + lengths[i], offsets[j] is char j's
+  place in its token. Token i's char k sits at starts[i] + k in its text."""
+  first = np.zeros(len(lengths), dtype=np.int64)
+  np.cumsum(lengths[:-1], out=first[1:])
+  offsets = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(first, lengths)
+  return first, offsets
+
+
 def _polynomial_hash(cps: np.ndarray, starts: np.ndarray,
                      lengths: np.ndarray) -> np.ndarray:
   """sum_k cps[start + k] * B^k mod 2^64 per token; (num_tokens,) uint64."""
-  first = np.zeros(len(lengths), dtype=np.int64)  # of each token in the flat chars
-  np.cumsum(lengths[:-1], out=first[1:])
-  offsets = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(first, lengths)
+  first, offsets = _flat_chars(lengths)
   terms = (cps[np.repeat(starts, lengths) + offsets].astype(np.uint64) *
            _powers(int(lengths.max()))[offsets])
   return np.add.reduceat(terms, first)
@@ -278,9 +286,7 @@ def same_tokens(cps_a: np.ndarray, starts_a: np.ndarray, packed_a: Packed,
   long = np.flatnonzero(same & (packed_a.lengths > 3 * (8 // itemsize)))
   if len(long):  # compare all their chars, flattened
     lengths = packed_a.lengths[long]
-    first = np.zeros(len(long), dtype=np.int64)
-    np.cumsum(lengths[:-1], out=first[1:])
-    offsets = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(first, lengths)
+    first, offsets = _flat_chars(lengths)
     equal = (cps_a[np.repeat(starts_a[long], lengths) + offsets] ==
              cps_b[np.repeat(starts_b[long], lengths) + offsets])
     same[long] = np.logical_and.reduceat(equal, first)
