@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import machine  # pylint: disable=wrong-import-position
 from beam_preprocess import config as pre_config  # pylint: disable=wrong-import-position
 from beam_preprocess import pipeline  # pylint: disable=wrong-import-position
 from dataspec import metadata  # pylint: disable=wrong-import-position
@@ -47,18 +48,6 @@ CASES = {
                  tok=tokenizer.TokenizerSpec(type="word", punctuation="keep"),
                  vocab=10001, window=35, units=200, embedding=200, batch=64),
 }
-
-
-def matmul_peak() -> float:
-  """Measured float32 matmul FLOP/s on this machine (TensorFlow, 2048^2)."""
-  a = tf.random.normal([2048, 2048])
-  f = tf.function(lambda x: tf.matmul(x, x))
-  f(a).numpy()
-  start, n = time.perf_counter(), 10
-  for _ in range(n):
-    out = f(a)
-  out.numpy()
-  return n * 2 * 2048**3 / (time.perf_counter() - start)
 
 
 def train_flops_per_token(vocab, embedding, units, layers) -> float:
@@ -116,9 +105,14 @@ def bench_tutorial(case, ids, vocab) -> float:
 
 
 def main(_):
-  peak = matmul_peak()
-  print(f"{os.cpu_count()} CPUs, {len(tf.config.list_physical_devices('GPU'))} GPUs; "
-        f"measured float32 matmul peak {peak / 1e9:.1f} GFLOP/s\n")
+  print(machine.describe())
+  case = CASES["char"]
+  peaks = machine.peak_report(machine.lstm_gemm_shapes(
+      batch=case["batch"], embedding=case["embedding"], units=case["units"],
+      vocab=68).items())
+  peak = max(peaks.values()) * 1e9
+  print("float32 matmul peak (TensorFlow, best of 5): " +
+        ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()) + "\n")
   rows = []
   for name, case in CASES.items():
     work = tempfile.mkdtemp(prefix=f"bench-train-{name}-")

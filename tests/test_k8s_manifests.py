@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+from absl import flags
 import pytest
 import yaml
 
@@ -92,9 +93,9 @@ def test_rules_a_server_enforces(overlay):
 
 def _known_flags(command):
   module = COMMANDS[command]
-  names = set(module.FLAGS)
+  names = set(module.FLAGS) | set(flags.FLAGS)  # absl's own flags work too
   if command == "textgen-preprocess":
-    names |= {n.lstrip("-") for n in preprocess_main.beam_option_names()}
+    names |= {n.lstrip("-") for n in preprocess_main.beam_options().options}
   return names
 
 
