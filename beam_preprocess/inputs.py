@@ -18,8 +18,6 @@ from apache_beam.io.filesystems import FileSystems
 # this is cut inside the line (at a UTF-8 character boundary) instead, so a
 # 50 MB line with no newline is still processed in parallel chunks.
 LINE_SEARCH_BYTES = 64 * 1024
-# The head of each file that is checked for binary content.
-SNIFF_BYTES = 8 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,14 +163,3 @@ def align_boundary(handle, offset: int, size: int) -> int:
   while i < len(buf) and (buf[i] & 0xC0) == 0x80:
     i += 1
   return offset - 1 + i
-
-
-def looks_binary(head: bytes) -> bool:
-  """True for data that must not become training text (images, archives...).
-
-  A NUL byte, or more than 10% of the head not decoding as UTF-8.
-  """
-  if b"\x00" in head:
-    return True
-  text = head[:-4].decode("utf-8", errors="replace") if len(head) > 4 else head.decode("utf-8", errors="replace")
-  return text.count("\ufffd") > 0.1 * max(1, len(text))

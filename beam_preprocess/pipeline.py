@@ -30,6 +30,7 @@ from dataspec import vocab as vocab_lib
 
 # Files a previous run may have left in output_dir; only these are removed.
 _OUTPUT_PATTERNS = ("train-*.tfrecord*", "validation-*.tfrecord*",
+                    "test-*.tfrecord*", "*-documents.jsonl",
                     "vocab.txt", "metadata.json", "config.json")
 
 
@@ -88,10 +89,32 @@ def prepare_output_dir(config: config_lib.PreprocessConfig):
       storage.delete(path)
 
 
+def write_documents(config: config_lib.PreprocessConfig, ranges: Sequence[dict]) -> Dict[str, str]:
+  """Writes <split>-documents.jsonl for each held-out split: one line per
+  document, {"path", "document_id", "start", "end", "size"}, the byte range
+  of the document that is in the split. Returns {split: file name}."""
+  by_split = {}
+  for r in ranges:
+    key = (r["split"], r["path"])
+    merged = by_split.setdefault(r["split"], {}).setdefault(key, dict(r))
+    merged["start"] = min(merged["start"], r["start"])
+    merged["end"] = max(merged["end"], r["end"])
+  names = {}
+  for split, documents in by_split.items():
+    dp = paths.DatasetPaths(config.output_dir)
+    lines = [json.dumps({k: d[k] for k in ("path", "document_id", "start", "end", "size")},
+                        sort_keys=True)
+             for _, d in sorted(documents.items())]
+    storage.write_text(dp.documents(split), "".join(l + "\n" for l in lines))
+    names[split] = storage.basename(dp.documents(split))
+  return names
+
+
 def finalize(_, *, config: config_lib.PreprocessConfig, vocab: List[str],
              stats: Dict[str, Dict[str, int]], files: Dict[str, List[str]],
-             skipped: List[dict]):
-  """Writes vocab.txt, config.json, metadata.json and, last, COMPLETED.
+             skipped: List[dict], ranges: Sequence[dict] = ()):
+  """Writes vocab.txt, the held-out splits' document lists, config.json,
+  metadata.json and, last, COMPLETED.
 
   Raises:
     ValueError: a split that should have windows has none (no COMPLETED).
@@ -112,6 +135,8 @@ def finalize(_, *, config: config_lib.PreprocessConfig, vocab: List[str],
         f"No validation windows: the validation part of the corpus is shorter "
         f"than --window_length={config.window_length}; raise "
         "--validation_fraction or lower --window_length")
+  for split, name in write_documents(config, ranges).items():
+    splits[split].documents_file = name
   dp = paths.DatasetPaths(config.output_dir)
   fingerprint = ""
   if spec.uses_vocab:
@@ -156,7 +181,7 @@ def build_pipeline(p: beam.Pipeline, *, config: config_lib.PreprocessConfig,
                              window_length=config.window_length,
                              stride=config.stride, seed=config.seed),
       vocab_text=beam.pvalue.AsSingleton(vocab)).with_outputs(
-          transforms.EncodeChunk.STATS, *paths.SPLITS)
+          transforms.EncodeChunk.STATS, transforms.EncodeChunk.RANGES, *paths.SPLITS)
   stats = (encoded[transforms.EncodeChunk.STATS]
            | "SumStats" >> beam.CombinePerKey(transforms.sum_stats))
   written = {}
@@ -169,18 +194,20 @@ def build_pipeline(p: beam.Pipeline, *, config: config_lib.PreprocessConfig,
                  | "AllSkipped" >> beam.Flatten())
   side_files = {f"files_{s}": beam.pvalue.AsList(pc) for s, pc in written.items()}
 
-  def _finalize(x, *, vocab_text, stats, skipped, **files_by_name):
+  def _finalize(x, *, vocab_text, stats, skipped, ranges, **files_by_name):
     files_by_split = {k[len("files_"):]: v for k, v in files_by_name.items()}
     vocab = (vocab_lib.parse_vocab(vocab_text) if config.tokenizer.uses_vocab
              else [])
     finalize(x, config=config, vocab=vocab, stats=stats, files=files_by_split,
-             skipped=skipped)
+             skipped=skipped, ranges=ranges)
 
   _ = (p
        | "Start" >> beam.Create([None])
        | "Finalize" >> beam.Map(_finalize, vocab_text=beam.pvalue.AsSingleton(vocab),
                                 stats=beam.pvalue.AsDict(stats),
                                 skipped=beam.pvalue.AsList(skipped_all),
+                                ranges=beam.pvalue.AsList(
+                                    encoded[transforms.EncodeChunk.RANGES]),
                                 **side_files))
 
 

@@ -20,23 +20,29 @@ import numpy as np
 
 from beam_preprocess import inputs
 from dataspec import schema
+from dataspec import textfiles
 from dataspec import tokenizer as tokenizer_lib
 from dataspec import vocab as vocab_lib
 
 _NAMESPACE = "textgen"
 STATS_KEYS = ("documents", "tokens", "windows", "dropped_tokens",
-              "unknown_tokens", "invalid_utf8", "chunks")
+              "unknown_tokens", "invalid_utf8", "chunks", "bytes")
 
 
 def read_chunk(chunk: inputs.Chunk) -> bytes:
   """The bytes of `chunk` between its line-aligned boundaries."""
+  return read_chunk_range(chunk)[0]
+
+
+def read_chunk_range(chunk: inputs.Chunk):
+  """(bytes, start, end): `chunk`'s bytes and their line-aligned range."""
   with FileSystems.open(chunk.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
     start = inputs.align_boundary(f, chunk.start, chunk.size)
     end = inputs.align_boundary(f, chunk.end, chunk.size)
     if end <= start:
-      return b""
+      return b"", start, start
     f.seek(start)
-    return f.read(end - start)
+    return f.read(end - start), start, end
 
 
 class SniffFiles(beam.DoFn):
@@ -48,8 +54,8 @@ class SniffFiles(beam.DoFn):
 
   def process(self, f: inputs.InputFile):
     with FileSystems.open(f.path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-      head = handle.read(inputs.SNIFF_BYTES)
-    if inputs.looks_binary(head):
+      head = handle.read(textfiles.SNIFF_BYTES)
+    if textfiles.looks_binary(head):
       from absl import logging  # pylint: disable=g-import-not-at-top
       logging.warning("Skipping %s: binary content (NUL bytes or mostly "
                       "invalid UTF-8)", f.path)
@@ -120,12 +126,16 @@ class BuildVocab(beam.PTransform):
 class EncodeChunk(beam.DoFn):
   """Chunk -> framed TFRecord bytes of its windows, tagged by split, + stats.
 
+  Chunks of held-out splits also give their byte range (RANGES), from which
+  Finalize lists the documents of each held-out split, so that textgen-eval
+  can score them whole with the LSTM state carried.
   The tokenizer is built once per DoFn instance from the vocab side input
   (vocab.txt text).
   Windows of a chunk are shuffled (seeded by chunk) so that consecutive
   records of a shard are not consecutive text.
   """
   STATS = "stats"
+  RANGES = "ranges"
 
   def __init__(self, *, spec, window_length: int, stride: int, seed: int):
     self._spec = spec
@@ -148,7 +158,11 @@ class EncodeChunk(beam.DoFn):
 
   def process(self, chunk: inputs.Chunk, vocab_text: str):
     tok = self._get_tokenizer(vocab_text)
-    data = read_chunk(chunk)
+    data, start, end = read_chunk_range(chunk)
+    if chunk.split != "train" and end > start:
+      yield beam.pvalue.TaggedOutput(self.RANGES, {
+          "split": chunk.split, "path": chunk.path, "document_id": chunk.document_id,
+          "start": start, "end": end, "size": chunk.size})
     ids = tok.encode_bytes(data)  # (num_tokens,)
     windows = schema.window_ids(ids, window_length=self._window_length,
                                 stride=self._stride)  # (num_windows, L+1)
@@ -156,8 +170,7 @@ class EncodeChunk(beam.DoFn):
                                     stride=self._stride)
     invalid = 0
     if self._spec.type != "byte":
-      invalid = (data.decode("utf-8", errors="replace").count("\ufffd") -
-                 data.count("\ufffd".encode()))
+      invalid = textfiles.invalid_utf8(data)
     stats = {
         "documents": int(chunk.first_in_split),
         "tokens": len(ids),
@@ -167,6 +180,7 @@ class EncodeChunk(beam.DoFn):
                            else int(np.count_nonzero(ids == tokenizer_lib.UNK_ID))),
         "invalid_utf8": invalid,
         "chunks": 1,
+        "bytes": len(data),
     }
     for key, value in stats.items():
       self._counters[key].inc(value)

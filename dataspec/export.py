@@ -11,6 +11,10 @@
       output/bias               (vocab_size,)
   export/vocab.txt, export/metadata.json   copies from the dataset
   export/training.json      step, losses and config of the run
+  export/saved_model/       a TensorFlow SavedModel: text in, text out
+                            (dataspec.serving; format_version >= 2)
+  export/model.keras        the training model, Keras's native format
+                            (format_version >= 2)
   export/EXPORTED           written last; its absence means "incomplete"
 
 The LSTM is Keras's: i = sigmoid(x Wi + h Ui + bi), f, c~ = tanh(...), o;
@@ -28,7 +32,8 @@ import numpy as np
 from dataspec import paths
 from dataspec import storage
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: saved_model/ and model.keras beside weights.npz
+READABLE_FORMAT_VERSIONS = (1, 2)
 
 
 class IncompleteExportError(ValueError):
@@ -101,6 +106,23 @@ def read_weights(path: str) -> Dict[str, np.ndarray]:
     return {k: z[k] for k in z.files}
 
 
+def find_export(model_dir: str) -> str:
+  """model_dir/export, or model_dir itself when it is an export."""
+  if storage.exists(paths.ExportPaths(model_dir).completed):
+    return model_dir
+  return paths.RunPaths(model_dir).export.root
+
+
+def check_complete(export_dir: str, *, flag: str, given: str):
+  """Raises IncompleteExportError naming --flag=given if export_dir lacks
+  its EXPORTED marker."""
+  if not storage.exists(paths.ExportPaths(export_dir).completed):
+    raise IncompleteExportError(
+        f"--{flag}={given}: no complete export at {export_dir} (EXPORTED marker "
+        "missing): training has not exported yet, or the export was "
+        "interrupted. Finish training or run textgen-train --export_only.")
+
+
 def load_export(export_dir: str, *, flag: str = "model_dir"):
   """Reads a complete export.
 
@@ -119,9 +141,9 @@ def load_export(export_dir: str, *, flag: str = "model_dir"):
         "missing): training has not exported yet, or the export was interrupted."
         " Run textgen-train to the end, or with --export_only.")
   spec = ModelSpec.from_json(storage.read_text(ep.model_config))
-  if spec.format_version != FORMAT_VERSION:
+  if spec.format_version not in READABLE_FORMAT_VERSIONS:
     raise ValueError(f"{ep.model_config}: format_version {spec.format_version}, "
-                     f"this code reads {FORMAT_VERSION}")
+                     f"this code reads {READABLE_FORMAT_VERSIONS}")
   weights = read_weights(ep.weights)
   check_weights(spec, weights)
   meta = metadata_lib.DatasetMetadata.from_json(storage.read_text(ep.metadata))

@@ -34,8 +34,12 @@ class SplitStats:
     unknown_tokens: tokens mapped to <unk>.
     invalid_utf8: U+FFFD replacements made for bytes that were not UTF-8.
     chunks: byte-range chunks the split was processed in.
+    bytes: bytes of input text in the split (what bits per byte divide by).
     shards: number of TFRecord files.
     files: the TFRecord file names, relative to the dataset directory.
+    documents_file: held-out splits: the JSONL file (relative) listing each
+      document's byte range in the split ("" for train, or datasets written
+      before it existed).
   """
   documents: int = 0
   tokens: int = 0
@@ -44,8 +48,10 @@ class SplitStats:
   unknown_tokens: int = 0
   invalid_utf8: int = 0
   chunks: int = 0
+  bytes: int = 0
   shards: int = 0
   files: List[str] = dataclasses.field(default_factory=list)
+  documents_file: str = ""
 
 
 @dataclasses.dataclass

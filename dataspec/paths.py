@@ -4,6 +4,8 @@
     train-00000-of-00004.tfrecord.gz
     validation-00000-of-00001.tfrecord.gz
     test-....tfrecord.gz              only with --test_input
+    validation-documents.jsonl      byte ranges of the documents in the split
+    test-documents.jsonl            (held-out splits; what textgen-eval scores)
     vocab.txt  metadata.json  config.json
     COMPLETED                       written last; holds metadata.json's sha256
   model_dir/                        written by trainer
@@ -11,8 +13,10 @@
     config.json
     checkpoints/                    ckpt-<step>.* and the `checkpoint` index
     tensorboard/train, tensorboard/validation
-    export/                         everything generate needs
+    export/                         everything generate and eval need
       model_config.json  weights.npz  vocab.txt  metadata.json  training.json
+      saved_model/                  TensorFlow SavedModel (dataspec.serving)
+      model.keras                   the training model, Keras's own format
       EXPORTED                      written last
 """
 
@@ -42,6 +46,10 @@ class DatasetPaths:
   @property
   def completed(self) -> str:
     return storage.join(self.root, "COMPLETED")
+
+  def documents(self, split: str) -> str:
+    """The byte ranges of the documents in a held-out split (JSONL)."""
+    return storage.join(self.root, f"{split}-documents.jsonl")
 
   def shard_prefix(self, split: str) -> str:
     return storage.join(self.root, split)
@@ -73,6 +81,14 @@ class ExportPaths:
   @property
   def training(self) -> str:
     return storage.join(self.root, "training.json")
+
+  @property
+  def saved_model(self) -> str:
+    return storage.join(self.root, "saved_model")
+
+  @property
+  def keras_model(self) -> str:
+    return storage.join(self.root, "model.keras")
 
   @property
   def completed(self) -> str:

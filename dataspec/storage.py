@@ -176,6 +176,46 @@ def upload_file(local_path: str, path: str):
   os.replace(tmp, path)
 
 
+def size(path: str) -> int:
+  """Bytes in a file or object (FileNotFoundError if missing)."""
+  if is_gcs(path):
+    blob = _gcs_call(path, _client().bucket(split_gcs(path)[0]).get_blob,
+                     split_gcs(path)[1], retry=_retry())
+    if blob is None:
+      raise FileNotFoundError(f"No such object: {path}")
+    return int(blob.size)
+  return os.path.getsize(path)
+
+
+def open_read(path: str, *, start: int = 0):
+  """A binary file object reading `path` from byte `start` (gs:// objects are
+  streamed in chunks, with the client's retries)."""
+  if is_gcs(path):
+    handle = _gcs_call(path, _blob(path).open, "rb", chunk_size=4 << 20,
+                       retry=_retry())
+  else:
+    handle = open(path, "rb")
+  if start:
+    handle.seek(start)
+  return handle
+
+
+def match(pattern: str) -> List[str]:
+  """The files a path names: itself if it is a file, every file below it if
+  it is a directory (or gs:// prefix), or those matching a pattern whose
+  wildcards are in the last component. [] if nothing matches."""
+  if any(c in pattern for c in "*?["):
+    return glob(pattern)
+  if is_gcs(pattern):
+    _, name = split_gcs(pattern)
+    if name and exists(pattern):
+      return [pattern]
+    return list_dir(pattern)
+  if os.path.isfile(pattern):
+    return [pattern]
+  return list_dir(pattern) if os.path.isdir(pattern) else []
+
+
 def download_file(path: str, local_path: str):
   os.makedirs(os.path.dirname(local_path) or ".", exist_ok=True)
   if is_gcs(path):

@@ -77,3 +77,53 @@ class GenerateConfig:
     d = dataclasses.asdict(self)
     d["stop"] = list(self.stop)
     return d
+
+
+SPLITS = ("validation", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """Options of one evaluation job (flag names equal field names).
+
+  Attributes:
+    model_dir: a training model_dir (uses its export/) or an export directory.
+    output: the JSON report to write (local or gs://).
+    input: files, directories or globs of text to score (local or gs://).
+    dataset_dir: a preprocessed dataset whose held-out `split` is scored
+      (instead of `input`): the byte ranges preprocessing recorded in
+      <split>-documents.jsonl, read from the original files.
+    split: "validation" or "test" (with dataset_dir).
+    batch_size: documents scored side by side.
+    chunk_tokens: tokens of each document per model call (at most; lowered
+      for large vocabularies so that one call's logits stay under 64 MB).
+    progress_seconds: seconds between progress lines.
+  """
+  model_dir: str
+  output: str
+  input: Tuple[str, ...] = ()
+  dataset_dir: Optional[str] = None
+  split: str = "validation"
+  batch_size: int = 16
+  chunk_tokens: int = 512
+  progress_seconds: float = 30.0
+
+  def __post_init__(self):
+    if not self.model_dir:
+      raise ValueError("--model_dir is required")
+    if not self.output:
+      raise ValueError("--output is required")
+    if bool(self.input) == bool(self.dataset_dir):
+      raise ValueError("Give exactly one of --input (files to score) or "
+                       "--dataset_dir (with --split)")
+    if self.split not in SPLITS:
+      raise ValueError(f"Unrecognized --split: {self.split!r} (choose from "
+                       f"{', '.join(SPLITS)})")
+    for name in ("batch_size", "chunk_tokens", "progress_seconds"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
+
+  def to_json_dict(self) -> dict:
+    d = dataclasses.asdict(self)
+    d["input"] = list(self.input)
+    return d

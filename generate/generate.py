@@ -8,16 +8,11 @@ import time
 from typing import List, Optional
 
 from absl import logging
-import numpy as np
 import tensorflow as tf
 
 from dataspec import export as export_lib
-from dataspec import paths
+from dataspec import serving
 from dataspec import storage
-from dataspec import tokenizer as tokenizer_lib
-from generate import sampling
-
-CHUNK_STEPS = 32  # tokens decoded per graph call between stop-string checks
 
 
 @dataclasses.dataclass
@@ -25,13 +20,6 @@ class Prompt:
   index: int  # position in the prompts file (sharding and seeds use it)
   id: str
   text: str
-
-
-def find_export(model_dir: str) -> str:
-  """model_dir/export, or model_dir itself when it is an export."""
-  if storage.exists(paths.ExportPaths(model_dir).completed):
-    return model_dir
-  return paths.RunPaths(model_dir).export.root
 
 
 def read_prompts(config) -> List[Prompt]:
@@ -67,6 +55,11 @@ def read_prompts(config) -> List[Prompt]:
                          f'{{"id": ..., "prompt": "..."}}, got {line[:80]!r}') from err
       if not isinstance(prompt_text, str) or not prompt_text:
         raise ValueError(f"--prompts={config.prompts} line {number}: empty prompt")
+      try:
+        prompt_text.encode("utf-8")
+      except UnicodeEncodeError as err:  # a lone surrogate escaped in JSON
+        raise ValueError(f"--prompts={config.prompts} line {number}: the prompt "
+                         f"is not valid Unicode ({err.reason})") from err
       prompt_id = str(record.get("id", number))
     else:
       prompt_text, prompt_id = line, str(number)
@@ -84,99 +77,52 @@ def shard_output_path(config) -> str:
 
 
 class Generator:
-  """Decodes batches of (prompt, sample index) with an exported model."""
+  """Decodes batches of (prompt, sample index) with an exported model.
+
+  The decoding itself is dataspec.serving.LanguageModel.generate_samples:
+  the very function the exported SavedModel's `generate` signature runs, so
+  this job and the SavedModel give the same text for the same settings.
+  """
 
   def __init__(self, export_dir: str, config):
     self.config = config
     spec, weights, meta, vocab, training = export_lib.load_export(export_dir)
-    self.tokenizer = tokenizer_lib.Tokenizer(meta.tokenizer_spec, vocab=vocab)
-    self.decoder = sampling.Decoder(spec, weights)
+    self.model = serving.LanguageModel(spec, weights, meta.tokenizer_spec, vocab)
     self.training = training
-    self.stop_token = None
-    self.stop_strings = []
-    for s in config.stop:
-      if s == "<eos>":
-        self.stop_token = tokenizer_lib.EOS_ID
-      else:
-        self.stop_strings.append(s)
-
-  def encode_prompt(self, text: str):
-    ids = self.tokenizer.encode(text)
-    unknown = 0 if self.tokenizer.spec.type == "byte" else int(
-        np.count_nonzero(ids == tokenizer_lib.UNK_ID))
-    if not len(ids):  # e.g. a word prompt of only punctuation under "strip"
-      ids = np.array([tokenizer_lib.EOS_ID], dtype=np.int32)
-    return ids, unknown
+    self._settings = dict(
+        max_new_tokens=tf.constant(config.max_new_tokens, tf.int32),
+        temperature=tf.constant(config.temperature, tf.float32),
+        top_k=tf.constant(config.top_k, tf.int32),
+        top_p=tf.constant(config.top_p, tf.float32),
+        greedy=tf.constant(config.greedy),
+        seed=tf.constant(config.seed, tf.int64),
+        stop=tf.constant(list(config.stop), tf.string))
 
   def generate_batch(self, items):
     """items: list of (Prompt, sample_index). Returns result dicts."""
-    config = self.config
-    encoded = [self.encode_prompt(p.text) for p, _ in items]
-    lengths = np.array([len(ids) for ids, _ in encoded], dtype=np.int32)
-    tokens = np.zeros((len(items), lengths.max()), dtype=np.int32)
-    for row, (ids, _) in enumerate(encoded):
-      tokens[row, :len(ids)] = ids
-    states, logits = self.decoder.prefill(tf.constant(tokens), tf.constant(lengths))
-    seeds = tf.constant([sampling.row_seed(config.seed, p.index, s) for p, s in items],
-                        dtype=tf.int64)
-    generated = np.zeros((len(items), 0), dtype=np.int32)
-    done = np.zeros(len(items), dtype=bool)
-    reasons = ["length"] * len(items)
-    ends = [config.max_new_tokens] * len(items)
-    while generated.shape[1] < config.max_new_tokens and not done.all():
-      n = min(CHUNK_STEPS, config.max_new_tokens - generated.shape[1])
-      new, states, logits = self.decoder.decode(
-          states, logits, row_seeds=seeds, start=tf.constant(generated.shape[1]),
-          num_steps=tf.constant(n), temperature=tf.constant(config.temperature),
-          top_k=tf.constant(config.top_k), top_p=tf.constant(config.top_p),
-          greedy=tf.constant(config.greedy))
-      generated = np.concatenate([generated, new.numpy()], axis=1)
-      for row in np.flatnonzero(~done):
-        end = self._stop_position(generated[row])
-        if end is not None:
-          done[row], ends[row] = True, end[0]
-          reasons[row] = end[1]
-    results = []
-    for row, (prompt, sample_index) in enumerate(items):
-      ids = generated[row, :ends[row]]
-      text = self.tokenizer.decode(ids)
-      if reasons[row] == "stop":
-        text = self._cut_at_stop_string(text)
-      results.append({
-          "id": prompt.id, "prompt": prompt.text, "sample_index": sample_index,
-          "text": text, "num_tokens": int(len(ids)), "finish_reason": reasons[row],
-          "unknown_prompt_tokens": encoded[row][1],
-          "settings": config.settings()})
-    return results
-
-  def _stop_position(self, ids):
-    """(end, reason) if the sample is finished within `ids`, else None."""
-    if self.stop_token is not None:
-      hits = np.flatnonzero(ids == self.stop_token)
-      if len(hits):
-        return int(hits[0]), "stop"
-    if self.stop_strings:
-      text = self.tokenizer.decode(ids)
-      if any(s in text for s in self.stop_strings):
-        return len(ids), "stop"
-    return None
-
-  def _cut_at_stop_string(self, text: str) -> str:
-    cuts = [text.index(s) for s in self.stop_strings if s in text]
-    return text[:min(cuts)] if cuts else text
+    out = self.model.generate_samples(
+        tf.constant([p.text for p, _ in items]),
+        tf.constant([p.index for p, _ in items], tf.int64),
+        tf.constant([s for _, s in items], tf.int64), **self._settings)
+    out = {k: v.numpy() for k, v in out.items()}
+    return [{
+        "id": prompt.id, "prompt": prompt.text, "sample_index": sample_index,
+        "text": out["text"][row].decode("utf-8"),
+        "num_tokens": int(out["num_tokens"][row]),
+        "finish_reason": out["finish_reason"][row].decode("ascii"),
+        "unknown_prompt_tokens": int(out["unknown_prompt_tokens"][row]),
+        "settings": self.config.settings(),
+    } for row, (prompt, sample_index) in enumerate(items)]
 
 
 def run(config) -> Optional[str]:
   """Generates this shard's samples; returns the output path."""
   logging.info("The config:\n%s", json.dumps(config.to_json_dict(), indent=2))
   storage.check_bucket(config.model_dir)
-  export_dir = find_export(config.model_dir)
+  export_dir = export_lib.find_export(config.model_dir)
   output = shard_output_path(config)
   # Every check before any work: export, prompts, output location.
-  if not storage.exists(paths.ExportPaths(export_dir).completed):
-    raise export_lib.IncompleteExportError(
-        f"--model_dir={config.model_dir}: no complete export at {export_dir} "
-        "(EXPORTED marker missing). Finish training or run textgen-train --export_only.")
+  export_lib.check_complete(export_dir, flag="model_dir", given=config.model_dir)
   prompts = read_prompts(config)
   storage.check_writable(storage.dirname(output) or ".")
   if storage.exists(output) and not config.overwrite:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# preprocess -> train -> generate on one corpus, on CPU.
+# preprocess -> train -> generate -> evaluate on one corpus, on CPU.
 #   scripts/chain.sh CORPUS RUN_DIR
 # Tunable by environment: WINDOW (128), UNITS (128), EMBEDDING (32),
 # BATCH (64), TRAIN_STEPS (600), SAMPLE_TOKENS (300), NUM_SAMPLES (3).
@@ -27,12 +27,18 @@ printf 'ROMEO:\nFirst Citizen:\nKING HENRY:\n' > "$RUN/prompts.txt"
   --num_samples="${NUM_SAMPLES:-3}" --max_new_tokens="${SAMPLE_TOKENS:-300}" \
   --temperature=0.8 --seed=0 --output="$RUN/samples.jsonl" --overwrite
 
+"$BIN/textgen-eval" --model_dir="$RUN/model" --dataset_dir="$RUN/data" \
+  --split=validation --output="$RUN/eval.json"
+
 "$BIN/python" - "$RUN" <<'PY'
 import json, sys
 run = sys.argv[1]
 training = json.load(open(f"{run}/model/export/training.json"))
+total = json.load(open(f"{run}/eval.json"))["total"]
 print(f"\nValidation loss {training['validation']['loss']:.3f} nats/token "
-      f"after {training['step']} steps.")
+      f"after {training['step']} steps (each window from a zero state); "
+      f"{total['loss']:.3f} nats/token = {total['bits_per_byte']:.3f} bits/byte "
+      "with the state carried over the whole split (textgen-eval).")
 print(f"Samples: {run}/samples.jsonl. The first two:\n")
 for line in list(open(f"{run}/samples.jsonl"))[:2]:
     r = json.loads(line)

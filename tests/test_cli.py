@@ -36,6 +36,15 @@ JOBS = {
         "bad_value": ["--model_dir=x", "--output=y", "--prompt=a", "--top_k=many"],
         "bad_config": ["--model_dir=x", "--output=y", "--prompt=a", "--top_p=0"],
     },
+    "textgen-eval": {
+        "own": ["--model_dir: Training model_dir or its export/.",
+                "--input: Files, directories or globs to score",
+                "--split: <validation|test>"],
+        "full": ["--verbosity", "--[no]logtostderr"],
+        "required": ["--model_dir", "--output"],
+        "bad_value": ["--model_dir=x", "--output=y", "--input=a", "--batch_size=all"],
+        "bad_config": ["--model_dir=x", "--output=y", "--input=a", "--chunk_tokens=0"],
+    },
 }
 
 

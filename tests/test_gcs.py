@@ -17,6 +17,7 @@ from dataspec import metadata as M
 from dataspec import storage
 from dataspec import tokenizer
 from generate import config as gen_config
+from generate import evaluate
 from generate import generate
 from trainer import checkpoints
 from trainer import config as train_config
@@ -74,6 +75,20 @@ def test_full_chain_on_gcs(bucket, tmp_path):
       max_new_tokens=10, num_samples=2))
   rows = [json.loads(l) for l in storage.read_text(out).splitlines()]
   assert len(rows) == 4 and all(r["num_tokens"] == 10 for r in rows)
+  assert f"{model_dir}/export/saved_model/saved_model.pb" in names
+  assert f"{model_dir}/export/model.keras" in names
+  # Evaluation: the export, the dataset's document list, the source ranges
+  # and the report, all on gs://.
+  report = evaluate.run(gen_config.EvalConfig(
+      model_dir=model_dir, dataset_dir=f"{bucket}/data", split="validation",
+      output=f"{bucket}/eval/validation.json"))
+  assert report["total"]["tokens"] == meta.splits["validation"].tokens
+  assert json.loads(storage.read_text(f"{bucket}/eval/validation.json"))["total"] == \
+      report["total"]
+  whole = evaluate.run(gen_config.EvalConfig(
+      model_dir=model_dir, input=(f"{bucket}/corpus/",), output=f"{bucket}/eval/all.json"))
+  assert whole["files"][0]["path"] == corpus
+  assert whole["total"]["bytes"] == len(shakespeare_text(60_000).encode())
 
 
 def test_missing_bucket_fails_before_work(gcs_emulator, tiny_corpus, tiny_dataset, tmp_path):

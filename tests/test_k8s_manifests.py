@@ -13,16 +13,18 @@ import pytest
 import yaml
 
 from beam_preprocess import main as preprocess_main
+from generate import eval_main
 from generate import main as generate_main
 from trainer import cluster
 from trainer import main as train_main
 from testutil import REPO
 
 K8S = os.path.join(REPO, "k8s")
-OVERLAYS = ["preprocess", "preprocess-dataflow", "train", "train-multiworker", "generate"]
+OVERLAYS = ["preprocess", "preprocess-dataflow", "train", "train-multiworker", "generate",
+            "eval"]
 K8S_VERSION = "1.33.0"
 COMMANDS = {"textgen-preprocess": preprocess_main, "textgen-train": train_main,
-            "textgen-generate": generate_main}
+            "textgen-generate": generate_main, "textgen-eval": eval_main}
 
 
 def kubectl():

@@ -16,6 +16,7 @@ import tensorflow as tf
 from dataspec import export as export_lib
 from dataspec import metadata as metadata_lib
 from dataspec import paths
+from dataspec import serving
 from dataspec import storage
 from dataspec import vocab as vocab_lib
 from trainer import checkpoints
@@ -73,22 +74,30 @@ def is_chief(strategy) -> bool:
 
 
 def _run_fingerprint(meta, spec, config) -> dict:
-  return {
+  model = json.loads(spec.to_json())
+  del model["format_version"]  # the export's, not the checkpoint's
+  fingerprint = {
       "schema_version": meta.schema_version,
       "tokenizer": meta.tokenizer,
       "vocab_size": meta.vocab_size,
       "vocab_fingerprint": meta.vocab_fingerprint,
       "window_length": meta.window_length,
-      "model": json.loads(spec.to_json()),
+      "model": model,
       "batch_size": config.batch_size,
       "seed": config.seed,
   }
+  if spec.tie_embeddings:
+    # Layout 2: tied output by ReversibleEmbedding + output_bias (earlier
+    # runs had a custom TiedOutput layer; their checkpoints do not restore).
+    fingerprint["checkpoint_layout"] = 2
+  return fingerprint
 
 
 def check_run_matches(run_paths: paths.RunPaths, fingerprint: dict, *, chief: bool):
   """Refuses to resume a model_dir trained on another vocab/schema/model."""
   if storage.exists(run_paths.run_info):
     old = json.loads(storage.read_text(run_paths.run_info))
+    old.get("model", {}).pop("format_version", None)  # written by earlier versions
     diffs = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
     if diffs:
       detail = "; ".join(f"{k}: checkpoint has {old.get(k)!r}, now {fingerprint.get(k)!r}"
@@ -339,7 +348,7 @@ class Trainer:
     start = time.time()
     log_probs = data.unigram_log_probs(self.train_files, self.meta,
                                        max_tokens=self.config.unigram_bias_tokens)
-    self.model.get_layer("output").bias.assign(log_probs)
+    model_lib.set_output_bias(self.model, log_probs)
     entropy = -float(np.sum(np.exp(log_probs) * log_probs))
     logging.info("Output bias set to the log unigram distribution (entropy %.3f "
                  "nats, perplexity %.1f) in %.1f s", entropy, math.exp(entropy),
@@ -452,17 +461,42 @@ class Trainer:
       return result
     ep = self.run_paths.export
     storage.delete(ep.completed)
-    export_lib.write_weights(ep.weights, model_lib.export_weights(self.model, self.spec))
+    weights = model_lib.export_weights(self.model, self.spec)
+    export_lib.write_weights(ep.weights, weights)
     storage.write_text(ep.model_config, self.spec.to_json())
     storage.write_text(ep.metadata, self.meta.to_json())
     if self.vocab is not None:
       vocab_lib.write_vocab(ep.vocab, self.vocab)
+    self._export_models(ep, weights)
     training = dict(result, config=self.config.to_json_dict(),
                     replicas=self.replicas, steps_per_epoch=self.steps_per_epoch)
     storage.write_text(ep.training, json.dumps(training, indent=2, default=float) + "\n")
     storage.write_text(ep.completed, "ok\n")
     logging.info("Exported %s (step %d)", ep.root, result["exported_step"])
     return result
+
+
+  def _export_models(self, ep: paths.ExportPaths, weights):
+    """export/saved_model/ (text in, text out) and export/model.keras,
+    written locally and then copied file by file (gs:// too)."""
+    start = time.time()
+    storage.delete_dir(ep.saved_model)
+    with tempfile.TemporaryDirectory(prefix="textgen-export-") as tmp:
+      serving.save(os.path.join(tmp, "saved_model"), serving.LanguageModel(
+          self.spec, weights, self.meta.tokenizer_spec, self.vocab))
+      config = self.config
+      model_lib.export_keras_model(
+          os.path.join(tmp, "model.keras"), spec=self.spec, weights=weights,
+          dropout=config.dropout, embedding_dropout=config.embedding_dropout,
+          recurrent_dropout=config.recurrent_dropout, seed=config.seed)
+      storage.upload_file(os.path.join(tmp, "model.keras"), ep.keras_model)
+      local = os.path.join(tmp, "saved_model")
+      for root, _, names in os.walk(local):
+        for name in names:
+          rel = os.path.relpath(os.path.join(root, name), local).replace(os.sep, "/")
+          storage.upload_file(os.path.join(root, name), storage.join(ep.saved_model, rel))
+    logging.info("Wrote %s and %s in %.1f s", ep.saved_model, ep.keras_model,
+                 time.time() - start)
 
 
 def _format_seconds(seconds: float) -> str:

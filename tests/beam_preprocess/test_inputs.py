@@ -64,13 +64,6 @@ def test_hash_split_is_stable_when_files_are_added():
   assert 20 < sum(before.values()) < 60
 
 
-def test_looks_binary():
-  png = bytes.fromhex("89504e470d0a1a0a0000000d49484452") + bytes(range(256))
-  assert inputs.looks_binary(png)
-  assert inputs.looks_binary(bytes(range(128, 256)) * 10)
-  assert not inputs.looks_binary("plain text, ünïcode ☃\n".encode() * 50)
-
-
 def test_match_inputs_errors_and_document_ids(tmp_path):
   with pytest.raises(FileNotFoundError, match="--input=.*nothing"):
     inputs.match_inputs([str(tmp_path / "nothing*.txt")])

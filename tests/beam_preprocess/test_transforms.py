@@ -43,11 +43,13 @@ def test_encode_chunk_windows_and_stats(tmp_path):
         transforms.EncodeChunk(spec=T.TokenizerSpec(type="char"),
                                window_length=10, stride=10, seed=0),
         vocab_text=beam.pvalue.AsSingleton(p | "V" >> beam.Create([V.format_vocab(vocab)])))
-           .with_outputs("stats", "train", "validation"))
+           .with_outputs("stats", "ranges", "train", "validation"))
+    assert_that(out.ranges, equal_to([]), label="no held-out ranges for train")
     windows = out.train | beam.FlatMap(lambda b: [tuple(w) for w in schema.iter_windows(
         b, window_length=10, token_dtype="uint8")])
     assert_that(windows, equal_to([tuple(w) for w in expected]), label="windows")
     assert_that(out.stats, equal_to([("train", {
         "documents": 1, "tokens": 44, "windows": 4, "dropped_tokens": 3,
-        "unknown_tokens": 0, "invalid_utf8": 0, "chunks": 1})]), label="stats")
+        "unknown_tokens": 0, "invalid_utf8": 0, "chunks": 1, "bytes": 44})]),
+                label="stats")
   assert len(expected) == 4 and np.all(expected[1:, 0] == expected[:-1, -1])

@@ -9,7 +9,8 @@ import tensorflow as tf
 
 from dataspec import export as export_lib
 from dataspec import metadata as M
-from generate import sampling
+from dataspec import serving
+from dataspec import tokenizer as T
 from trainer import config as config_lib
 from trainer import model as model_lib
 from trainer import optim
@@ -34,31 +35,49 @@ def test_two_replicas_loss_goes_down_checkpoint_and_export(tiny_run):
   assert training["replicas"] == 2 and training["exported_step"] in (20, 40)
 
 
-def test_exported_decoder_matches_keras_model(tiny_run):
-  """generate's step-by-step LSTM gives the training model's logits."""
+def _serving_logits(lm, ids, lengths):
+  """LanguageModel's logits at every position (batch, time, vocab)."""
+  h, c = lm._zero_state(ids.shape[0])  # pylint: disable=protected-access
+  outputs, _, _ = lm._sequence(tf.constant(ids), tf.constant(lengths), h, c)  # pylint: disable=protected-access
+  return lm._logits(outputs).numpy()  # pylint: disable=protected-access
+
+
+def test_exported_model_matches_the_keras_model(tiny_run):
+  """The SavedModel's LSTM (dataspec.serving) gives the training model's
+  logits, and so does the exported model.keras."""
+  import keras
   model_dir, _, _, trainer = tiny_run
-  spec, weights, *_ = export_lib.load_export(str(model_dir / "export"))
+  spec, weights, meta, vocab, _ = export_lib.load_export(str(model_dir / "export"))
   keras_model = model_lib.build_model(spec=spec)
-  for layer in ("embedding", "lstm_0", "lstm_1", "output"):
-    keras_model.get_layer(layer).set_weights(trainer.model.get_layer(layer).get_weights())
+  model_lib.load_weights(keras_model, spec, weights)
   ids = np.random.default_rng(0).integers(3, spec.vocab_size, size=(3, 20)).astype(np.int32)
   want = keras_model(ids).numpy()  # (3, 20, vocab)
-  decoder = sampling.Decoder(spec, weights)
-  lengths = np.array([20, 7, 1], dtype=np.int32)
-  _, last = decoder.prefill(tf.constant(ids), tf.constant(lengths))
-  for row, n in enumerate(lengths):
-    np.testing.assert_allclose(last.numpy()[row], want[row, n - 1], atol=1e-4)
+  np.testing.assert_allclose(
+      want, trainer.model(ids).numpy(), atol=1e-5)  # the best checkpoint is restored
+  lm = serving.LanguageModel(spec, weights, meta.tokenizer_spec, vocab)
+  np.testing.assert_allclose(_serving_logits(lm, ids, np.full(3, 20, np.int32)), want,
+                             atol=1e-4)
+  exported = keras.saving.load_model(str(model_dir / "export" / "model.keras"))
+  np.testing.assert_allclose(exported(ids).numpy(), want, atol=1e-5)
 
 
 def test_tied_embeddings_with_projection_export():
   spec = export_lib.ModelSpec(vocab_size=50, embedding_dim=8, units=16, num_layers=1,
                               projection_dim=8, tie_embeddings=True)
   model = model_lib.build_model(spec=spec)
+  model_lib.set_output_bias(model, np.linspace(-1, 1, 50))
   weights = model_lib.export_weights(model, spec)
   np.testing.assert_array_equal(weights["output/kernel"], weights["embedding"].T)
+  np.testing.assert_allclose(weights["output/bias"], np.linspace(-1, 1, 50), atol=1e-6)
+  assert "output_bias" in [layer.name for layer in model.layers]
   ids = np.arange(3, 13, dtype=np.int32)[None]
-  _, last = sampling.Decoder(spec, weights).prefill(tf.constant(ids), tf.constant([10]))
-  np.testing.assert_allclose(last.numpy()[0], model(ids).numpy()[0, -1], atol=1e-4)
+  vocab = list(T.RESERVED_TOKENS) + [chr(97 + i) for i in range(47)]
+  lm = serving.LanguageModel(spec, weights, T.TokenizerSpec(type="char"), vocab)
+  np.testing.assert_allclose(_serving_logits(lm, ids, np.array([10], np.int32)),
+                             model(ids).numpy(), atol=1e-4)
+  rebuilt = model_lib.build_model(spec=spec)
+  model_lib.load_weights(rebuilt, spec, weights)
+  np.testing.assert_allclose(rebuilt(ids).numpy(), model(ids).numpy(), atol=1e-6)
 
 
 def test_schedule_by_example():

@@ -1,0 +1,453 @@
+"""The trained model as a TensorFlow module that takes and returns text.
+
+`LanguageModel(spec, weights, tokenizer_spec, vocab)` holds the export's
+weights and a GraphTokenizer. The trainer saves it as `export/saved_model/`
+(a SavedModel that loads with only TensorFlow installed), `textgen-generate`
+builds it from `weights.npz` and decodes with it, and `textgen-eval` loads the
+SavedModel and scores with it: one implementation of tokenizing, decoding
+and scoring, whoever runs it.
+
+Signatures (inputs -> outputs, all batched on the first axis):
+  generate, also serving_default:
+      prompts (string), max_new_tokens, temperature, top_k, top_p, greedy,
+      seed (scalars), stop (string, any number; "<eos>" names the end token)
+      -> text, num_tokens, finish_reason ("length" or "stop"), token_ids,
+         prompt_tokens, unknown_prompt_tokens
+  score:
+      texts (string)
+      -> nll (summed, nats), tokens, loss (nats per token), bytes (UTF-8),
+         bits_per_byte, unknown_tokens
+
+Functions (attributes of the loaded object):
+  tokenize(texts) -> ragged ids;  detokenize(ragged ids) -> texts
+  generate_samples(prompts, prompt_index, sample_index, <generate settings>)
+      what `generate` runs with prompt_index = 0..batch-1, sample_index = 0
+  score_tokens(prev_ids, token_ids, lengths, h, c): one chunk of a stream,
+      the LSTM state carried in and out (textgen-eval streams documents)
+  info() -> JSON: the model spec, tokenizer, start id
+
+Sampling: temperature, then top-k, then top-p (nucleus) in float64, then the
+Gumbel-max trick with noise hashed from (row seed, position, token id); the
+row seed is a hash of (seed, prompt index, sample index). A sample therefore
+depends only on its seed, prompt, sample index and position: not on the batch
+size, the batch it is in, or the shard. Scoring a text scores every token
+given the ones before it, the first one after the tokenizer's start id (a
+line end) when it has one, else the first token is context only.
+"""
+
+import json
+import math
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from dataspec import export as export_lib
+from dataspec import graph_tokenizer
+from dataspec import tokenizer as tokenizer_lib
+
+SAVED_MODEL_DIR = "saved_model"
+SCORE_CHUNK = 256  # tokens per step of the score signature's loop
+_MASK32 = 0xFFFFFFFF
+_LN2 = math.log(2.0)
+
+
+def _mix32(x):
+  """murmur3's 32-bit finalizer on int64 tensors holding uint32 values."""
+  x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+  x = tf.bitwise.bitwise_and(x * 0x85EBCA6B, _MASK32)
+  x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 13))
+  x = tf.bitwise.bitwise_and(x * 0xC2B2AE35, _MASK32)
+  return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+
+
+def hashed_uniform(row_seeds, position, vocab_size):
+  """(batch, vocab) uniforms in (0, 1) from per-row seeds and a position."""
+  rows = tf.cast(row_seeds, tf.int64)[:, None]  # (batch, 1)
+  cols = tf.range(vocab_size, dtype=tf.int64)[None, :]  # (1, vocab)
+  pos = tf.cast(position, tf.int64)
+  x = tf.bitwise.bitwise_and(rows * 0x9E3779B1 + pos * 0x85EBCA77, _MASK32)
+  x = _mix32(tf.bitwise.bitwise_and(_mix32(x) + cols * 0xC2B2AE3D, _MASK32))
+  return (tf.cast(x, tf.float64) + 0.5) / 4294967296.0
+
+
+def row_seeds(seed, prompt_index, sample_index):
+  """31-bit seeds of samples (prompt_index[i], sample_index[i]) (uint64
+  arithmetic, the same on every machine)."""
+  u64 = lambda v: tf.bitcast(tf.cast(v, tf.int64), tf.uint64)
+  shift = lambda x, k: tf.bitwise.right_shift(x, tf.constant(k, tf.uint64))
+  x = ((u64(seed) * tf.constant(1_000_003, tf.uint64) + u64(prompt_index))
+       * tf.constant(1_000_033, tf.uint64) + u64(sample_index))
+  x = tf.bitwise.bitwise_xor(x, shift(x, 29)) * tf.constant(0xBF58476D1CE4E5B9, tf.uint64)
+  x = tf.bitwise.bitwise_and(tf.bitwise.bitwise_xor(x, shift(x, 32)),
+                             tf.constant(0x7FFFFFFF, tf.uint64))
+  return tf.cast(x, tf.int64)
+
+
+def _contains_any(texts, needles):
+  """texts[i] contains some string of `needles` (1-D); (batch,) bool."""
+  def body(k, found):
+    pieces = tf.strings.split(texts, sep=needles[k])
+    return k + 1, found | (pieces.row_lengths() > 1)
+  _, found = tf.while_loop(lambda k, found: k < tf.size(needles), body,
+                           (tf.constant(0), tf.zeros(tf.shape(texts), tf.bool)))
+  return found
+
+
+def _cut_at_first(texts, needles):
+  """Each text up to the first occurrence of any of `needles`."""
+  def body(k, out):
+    pieces = tf.strings.split(texts, sep=needles[k], maxsplit=1)  # >= 1 per row
+    before = tf.gather(pieces.flat_values, pieces.row_starts())
+    shorter = tf.strings.length(before) < tf.strings.length(out)
+    return k + 1, tf.where(shorter, before, out)
+  _, out = tf.while_loop(lambda k, out: k < tf.size(needles), body,
+                         (tf.constant(0), texts))
+  return out
+
+
+def _at_least_one_column(dense, fill):
+  """`dense` (batch, time) padded with `fill` to at least one column."""
+  return tf.pad(dense, [[0, 0], [0, tf.maximum(1 - tf.shape(dense)[1], 0)]],
+                constant_values=fill)
+
+
+class LanguageModel(tf.Module):
+  """Embedding -> LSTM x N -> logits, with its tokenizer, as TF functions.
+
+  Args:
+    spec: the architecture (dataspec.export.ModelSpec).
+    weights: arrays named as in dataspec.export.
+    tokenizer_spec: the dataset's tokenizer options.
+    vocab: tokens by id (None for `byte`).
+  """
+
+  def __init__(self, spec: export_lib.ModelSpec, weights: Dict[str, np.ndarray],
+               tokenizer_spec: tokenizer_lib.TokenizerSpec,
+               vocab: Optional[Sequence[str]]):
+    super().__init__(name="lstm_language_model")
+    export_lib.check_weights(spec, weights)
+    self._spec = spec
+    self.tokenizer = graph_tokenizer.GraphTokenizer(tokenizer_spec, vocab)
+    if self.tokenizer.vocab_size != spec.vocab_size:
+      raise ValueError(f"The tokenizer has {self.tokenizer.vocab_size} ids, the "
+                       f"model {spec.vocab_size}")
+    var = lambda value, name: tf.Variable(np.asarray(value, np.float32),
+                                          trainable=False, name=name)
+    self.embedding = var(weights["embedding"], "embedding")
+    # [kernel; recurrent_kernel]: one matmul of [x, h] per decoding step.
+    self.lstm_kernels = [var(np.concatenate([weights[f"lstm_{i}/kernel"],
+                                             weights[f"lstm_{i}/recurrent_kernel"]]),
+                             f"lstm_{i}/kernels") for i in range(spec.num_layers)]
+    self.lstm_biases = [var(weights[f"lstm_{i}/bias"], f"lstm_{i}/bias")
+                        for i in range(spec.num_layers)]
+    self.projection = ([var(weights["projection/kernel"], "projection/kernel"),
+                        var(weights["projection/bias"], "projection/bias")]
+                       if spec.projection_dim else [])
+    self.output_kernel = var(weights["output/kernel"], "output/kernel")
+    self.output_bias = var(weights["output/bias"], "output/bias")
+    self._info = json.dumps({
+        "model": json.loads(spec.to_json()),
+        "tokenizer": tokenizer_spec.to_json_dict(),
+        "start_id": self.tokenizer.start_id,
+        "reserved_tokens": list(tokenizer_lib.RESERVED_TOKENS),
+    }, sort_keys=True)
+
+  # ---- the network ---------------------------------------------------------
+
+  def _logits(self, x):
+    """Top LSTM output (..., units) -> logits (..., vocab)."""
+    if self.projection:
+      x = tf.tensordot(x, self.projection[0], 1) + self.projection[1]
+    return tf.tensordot(x, self.output_kernel, 1) + self.output_bias
+
+  def _step(self, tokens, h, c):
+    """One position for the batch: tokens (batch,) -> logits (batch, vocab),
+    states h, c (layers, batch, units)."""
+    x = tf.gather(self.embedding, tokens)  # (batch, embedding)
+    hs, cs = [], []
+    for layer in range(self._spec.num_layers):
+      z = (tf.matmul(tf.concat([x, h[layer]], 1), self.lstm_kernels[layer])
+           + self.lstm_biases[layer])  # (batch, 4 units): gates i, f, g, o
+      i, f, g, o = tf.split(z, 4, axis=1)
+      c_new = tf.sigmoid(f) * c[layer] + tf.sigmoid(i) * tf.tanh(g)
+      x = tf.sigmoid(o) * tf.tanh(c_new)
+      hs.append(x)
+      cs.append(c_new)
+    return self._logits(x), tf.stack(hs), tf.stack(cs)
+
+  def _sequence(self, ids, lengths, h, c):
+    """Runs rows of ids (batch, time), each valid up to lengths[i], from
+    states h, c (layers, batch, units).
+
+    Returns:
+      (top outputs (batch, time, units), h, c after each row's last id).
+      Outputs past a row's length are not meaningful.
+    """
+    x = tf.gather(self.embedding, ids)  # (batch, time, embedding)
+    batch, time = tf.shape(ids)[0], tf.shape(ids)[1]
+    units = self._spec.units
+    hs, cs = [], []
+    for layer in range(self._spec.num_layers):
+      in_dim = self._spec.embedding_dim if layer == 0 else units
+      kernel = self.lstm_kernels[layer]
+      # The input half of every step in one matmul: (batch * time, 4 units).
+      xw = tf.matmul(tf.reshape(x, [-1, in_dim]), kernel[:in_dim]) + self.lstm_biases[layer]
+      xw = tf.transpose(tf.reshape(xw, [batch, time, 4 * units]), [1, 0, 2])
+      recurrent = kernel[in_dim:]
+
+      def step(t, hl, cl, outputs, xw=xw, recurrent=recurrent):
+        z = xw[t] + tf.matmul(hl, recurrent)
+        i, f, g, o = tf.split(z, 4, axis=1)
+        c_new = tf.sigmoid(f) * cl + tf.sigmoid(i) * tf.tanh(g)
+        h_new = tf.sigmoid(o) * tf.tanh(c_new)
+        active = (t < lengths)[:, None]
+        return (t + 1, tf.where(active, h_new, hl), tf.where(active, c_new, cl),
+                outputs.write(t, h_new))
+
+      _, hl, cl, outputs = tf.while_loop(
+          lambda t, *_: t < time, step,
+          (tf.constant(0), h[layer], c[layer], tf.TensorArray(tf.float32, size=time)))
+      x = tf.transpose(outputs.stack(), [1, 0, 2])  # (batch, time, units)
+      x = tf.ensure_shape(x, [None, None, units])
+      hs.append(hl)
+      cs.append(cl)
+    return x, tf.stack(hs), tf.stack(cs)
+
+  def _zero_state(self, batch):
+    z = tf.zeros([self._spec.num_layers, batch, self._spec.units])
+    return z, z
+
+  # ---- text <-> ids ---------------------------------------------------------
+
+  @tf.function(autograph=False,
+               input_signature=[tf.TensorSpec([None], tf.string, name="texts")])
+  def tokenize(self, texts):
+    """Token ids of each text: int32 ragged (batch, None)."""
+    return self.tokenizer.encode(texts)
+
+  @tf.function(autograph=False,
+               input_signature=[tf.RaggedTensorSpec([None, None], tf.int32, 1)])
+  def detokenize(self, token_ids):
+    """Text of each row of ids."""
+    return self.tokenizer.decode(token_ids)
+
+  @tf.function(autograph=False, input_signature=[])
+  def info(self):
+    """The model spec and tokenizer options, as JSON."""
+    return tf.constant(self._info)
+
+  # ---- scoring --------------------------------------------------------------
+
+  def _score_chunk(self, prev_ids, token_ids, lengths, h, c):
+    """Scores token_ids[i, :lengths[i]] given prev_ids[i] and states h, c."""
+    inputs = tf.concat([prev_ids[:, None], token_ids[:, :-1]], axis=1)  # (batch, time)
+    outputs, h, c = self._sequence(inputs, lengths, h, c)
+    nll = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=token_ids, logits=self._logits(outputs))  # (batch, time)
+    valid = tf.range(tf.shape(token_ids)[1])[None, :] < lengths[:, None]
+    nll = tf.reduce_sum(tf.where(valid, tf.cast(nll, tf.float64), 0.0), axis=1)
+    unknown = tf.reduce_sum(tf.cast(valid & tf.equal(token_ids, tokenizer_lib.UNK_ID),
+                                    tf.int32), axis=1)
+    last = tf.gather(token_ids, tf.maximum(lengths - 1, 0), batch_dims=1)
+    last_ids = tf.where(lengths > 0, last, prev_ids)
+    return nll, unknown, h, c, last_ids
+
+  @tf.function(autograph=False, input_signature=[
+      tf.TensorSpec([None], tf.int32, name="prev_ids"),
+      tf.TensorSpec([None, None], tf.int32, name="token_ids"),
+      tf.TensorSpec([None], tf.int32, name="lengths"),
+      tf.TensorSpec([None, None, None], tf.float32, name="h"),
+      tf.TensorSpec([None, None, None], tf.float32, name="c")])
+  def score_tokens(self, prev_ids, token_ids, lengths, h, c):
+    """One chunk of token streams, the LSTM state carried in and out.
+
+    Args:
+      prev_ids: (batch,) the token before each row's first one (a stream
+        starts with the tokenizer's start id; see info()).
+      token_ids: (batch, time) ids to score, row i valid up to lengths[i].
+      lengths: (batch,).
+      h, c: (layers, batch, units) states after prev_ids' predecessors
+        (zeros at the start of a stream).
+
+    Returns:
+      nll (batch,) float64 summed nats, unknown_tokens, h, c, last_ids (the
+      prev_ids of the next chunk).
+    """
+    nll, unknown, h, c, last_ids = self._score_chunk(prev_ids, token_ids, lengths, h, c)
+    return {"nll": nll, "unknown_tokens": unknown, "h": h, "c": c, "last_ids": last_ids}
+
+  @tf.function(autograph=False,
+               input_signature=[tf.TensorSpec([None], tf.string, name="texts")])
+  def score(self, texts):
+    """Log-likelihood of each whole text, the state carried from its start."""
+    ids = self.tokenizer.encode(texts)  # (batch, None)
+    batch = tf.shape(texts)[0]
+    lengths = tf.cast(ids.row_lengths(), tf.int32)
+    dense = _at_least_one_column(ids.to_tensor(default_value=tokenizer_lib.PAD_ID),
+                                 tokenizer_lib.PAD_ID)
+    if self.tokenizer.start_id is not None:
+      prev = tf.fill([batch], self.tokenizer.start_id)
+    else:  # the first token is context only
+      prev = dense[:, 0]
+      dense = dense[:, 1:]
+      lengths = tf.maximum(lengths - 1, 0)
+    h, c = self._zero_state(batch)
+
+    def chunk_step(start, h, c, prev, total, unknown):
+      chunk = dense[:, start:start + SCORE_CHUNK]
+      chunk_lengths = tf.clip_by_value(lengths - start, 0, SCORE_CHUNK)
+      nll, unk, h, c, prev = self._score_chunk(prev, chunk, chunk_lengths, h, c)
+      return start + SCORE_CHUNK, h, c, prev, total + nll, unknown + unk
+
+    _, _, _, _, total, unknown = tf.while_loop(
+        lambda start, *_: start < tf.shape(dense)[1], chunk_step,
+        (tf.constant(0), h, c, prev, tf.zeros([batch], tf.float64),
+         tf.zeros([batch], tf.int32)))
+    num_bytes = tf.strings.length(texts)
+    return {
+        "nll": total,
+        "tokens": lengths,
+        "loss": total / tf.cast(tf.maximum(lengths, 1), tf.float64),
+        "bytes": num_bytes,
+        "bits_per_byte": total / _LN2 / tf.cast(tf.maximum(num_bytes, 1), tf.float64),
+        "unknown_tokens": unknown,
+    }
+
+  # ---- generation -----------------------------------------------------------
+
+  def _choose(self, logits, seeds, position, temperature, top_k, top_p, greedy):
+    """The next token of each row (see the module docstring)."""
+    vocab = self._spec.vocab_size
+
+    def sample():
+      scaled = tf.cast(logits, tf.float64) / tf.cast(temperature, tf.float64)
+      neg_inf = tf.constant(-np.inf, tf.float64)
+      scaled = tf.cond(
+          top_k > 0,
+          lambda: tf.where(scaled < tf.math.top_k(scaled, k=tf.minimum(top_k, vocab))
+                           .values[:, -1:], neg_inf, scaled),
+          lambda: scaled)
+
+      def nucleus():
+        sorted_logits = tf.sort(scaled, direction="DESCENDING")
+        before = tf.cumsum(tf.nn.softmax(sorted_logits), axis=-1, exclusive=True)
+        keep = tf.reduce_sum(tf.cast(before < tf.cast(top_p, tf.float64), tf.int32), -1)
+        cutoff = tf.gather(sorted_logits, tf.maximum(keep - 1, 0), batch_dims=1)
+        return tf.where(scaled < cutoff[:, None], neg_inf, scaled)
+
+      scaled = tf.cond(top_p < 1.0, nucleus, lambda: scaled)
+      gumbel = -tf.math.log(-tf.math.log(hashed_uniform(seeds, position, vocab)))
+      return tf.argmax(scaled + gumbel, axis=-1, output_type=tf.int32)
+
+    return tf.cond(greedy, lambda: tf.argmax(logits, axis=-1, output_type=tf.int32),
+                   sample)
+
+  def _generate(self, prompts, prompt_index, sample_index, max_new_tokens,
+                temperature, top_k, top_p, greedy, seed, stop):
+    batch = tf.shape(prompts)[0]
+    ids = self.tokenizer.encode(prompts)  # (batch, None)
+    prompt_tokens = tf.cast(ids.row_lengths(), tf.int32)
+    unknown = tf.reduce_sum(tf.cast(tf.equal(ids, tokenizer_lib.UNK_ID), tf.int32), axis=1)
+    # An empty prompt (or one the tokenizer drops entirely) starts a line.
+    start = (self.tokenizer.start_id if self.tokenizer.start_id is not None
+             else tokenizer_lib.EOS_ID)
+    lengths = tf.maximum(prompt_tokens, 1)
+    dense = _at_least_one_column(ids.to_tensor(default_value=start), start)
+    h, c = self._zero_state(batch)
+    top, h, c = self._sequence(dense, lengths, h, c)
+    logits = self._logits(tf.gather(top, lengths - 1, batch_dims=1))  # (batch, vocab)
+    seeds = row_seeds(seed, prompt_index, sample_index)
+
+    stop_on_eos = tf.reduce_any(tf.equal(stop, "<eos>"))
+    stop_strings = tf.boolean_mask(stop, tf.not_equal(stop, "<eos>") & tf.not_equal(stop, ""))
+    has_strings = tf.size(stop_strings) > 0
+    # Only the end of the text can hold a stop string that the newest piece
+    # completed: keep as many bytes as the longest stop string plus a piece.
+    keep_bytes = (tf.reduce_max(tf.concat([tf.strings.length(stop_strings), [0]], 0))
+                  + self.tokenizer.max_piece_bytes)
+
+    def body(n, out, h, c, logits, done, by_eos, ends, tail, line_start):
+      token = self._choose(logits, seeds, n, temperature, top_k, top_p, greedy)
+      out = out.write(n, token)
+      eos_hit = stop_on_eos & tf.equal(token, tokenizer_lib.EOS_ID)
+
+      def check_strings():
+        piece, new_line_start = self.tokenizer.piece(token, line_start)
+        new_tail = tf.strings.join([tail, piece])
+        cut = tf.maximum(tf.strings.length(new_tail) - keep_bytes, 0)
+        new_tail = tf.strings.substr(new_tail, cut, tf.fill(tf.shape(cut), keep_bytes))
+        return _contains_any(new_tail, stop_strings), new_tail, new_line_start
+
+      string_hit, tail, line_start = tf.cond(
+          has_strings, check_strings,
+          lambda: (tf.zeros([batch], tf.bool), tail, line_start))
+      hit = ~done & (eos_hit | string_hit)
+      ends = tf.where(hit, n + 1, ends)
+      by_eos = tf.where(hit, eos_hit, by_eos)
+      done = done | hit
+      logits, h, c = self._step(token, h, c)
+      return n + 1, out, h, c, logits, done, by_eos, ends, tail, line_start
+
+    false = tf.zeros([batch], tf.bool)
+    state = (tf.constant(0), tf.TensorArray(tf.int32, size=0, dynamic_size=True,
+                                            element_shape=tf.TensorShape([None])),
+             h, c, logits, false, false, tf.fill([batch], max_new_tokens),
+             tf.fill([batch], ""), tf.ones([batch], tf.bool))
+    n, out, *_, done, by_eos, ends, _, _ = tf.while_loop(
+        lambda n, out, h, c, logits, done, *_: (n < max_new_tokens) & ~tf.reduce_all(done),
+        body, state)
+    tokens = tf.cond(n > 0, lambda: tf.transpose(tf.reshape(out.stack(), [n, batch])),
+                     lambda: tf.zeros([batch, 0], tf.int32))  # (batch, n)
+    text_lengths = ends - tf.cast(by_eos, tf.int32)
+    text = self.tokenizer.decode(tf.RaggedTensor.from_tensor(tokens, lengths=text_lengths))
+    text = tf.cond(has_strings, lambda: _cut_at_first(text, stop_strings), lambda: text)
+    valid = tf.range(n)[None, :] < ends[:, None]
+    return {
+        "text": text,
+        "num_tokens": ends,
+        "finish_reason": tf.where(done, "stop", "length"),
+        "token_ids": tf.where(valid, tokens, tokenizer_lib.PAD_ID),
+        "prompt_tokens": prompt_tokens,
+        "unknown_prompt_tokens": unknown,
+    }
+
+  _SETTINGS = [
+      tf.TensorSpec([], tf.int32, name="max_new_tokens"),
+      tf.TensorSpec([], tf.float32, name="temperature"),
+      tf.TensorSpec([], tf.int32, name="top_k"),
+      tf.TensorSpec([], tf.float32, name="top_p"),
+      tf.TensorSpec([], tf.bool, name="greedy"),
+      tf.TensorSpec([], tf.int64, name="seed"),
+      tf.TensorSpec([None], tf.string, name="stop"),
+  ]
+
+  @tf.function(autograph=False,
+               input_signature=[tf.TensorSpec([None], tf.string, name="prompts")] + _SETTINGS)
+  def generate(self, prompts, max_new_tokens, temperature, top_k, top_p, greedy,
+               seed, stop):
+    """Continues each prompt (one sample each; see generate_samples)."""
+    batch = tf.shape(prompts)[0]
+    return self._generate(prompts, tf.range(batch, dtype=tf.int64),
+                          tf.zeros([batch], tf.int64), max_new_tokens, temperature,
+                          top_k, top_p, greedy, seed, stop)
+
+  @tf.function(autograph=False, input_signature=[
+      tf.TensorSpec([None], tf.string, name="prompts"),
+      tf.TensorSpec([None], tf.int64, name="prompt_index"),
+      tf.TensorSpec([None], tf.int64, name="sample_index")] + _SETTINGS)
+  def generate_samples(self, prompts, prompt_index, sample_index, max_new_tokens,
+                       temperature, top_k, top_p, greedy, seed, stop):
+    """Row i: sample `sample_index[i]` of prompt number `prompt_index[i]`."""
+    return self._generate(prompts, prompt_index, sample_index, max_new_tokens,
+                          temperature, top_k, top_p, greedy, seed, stop)
+
+
+def save(path: str, model: LanguageModel):
+  """Writes `model` as a SavedModel at local `path`."""
+  signatures = {
+      "serving_default": model.generate.get_concrete_function(),
+      "generate": model.generate.get_concrete_function(),
+      "score": model.score.get_concrete_function(),
+  }
+  tf.saved_model.save(model, path, signatures=signatures)

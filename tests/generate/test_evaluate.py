@@ -1,0 +1,161 @@
+"""textgen-eval: documents scored whole with the state carried, per file
+and in total; bad input named before any work."""
+
+import json
+import math
+import os
+import shutil
+import stat
+
+from absl import app
+from absl.testing import flagsaver
+import pytest
+import tensorflow as tf
+
+from dataspec import export as export_lib
+from dataspec import metadata as M
+from dataspec import serving
+from generate import config as config_lib
+from generate import eval_main
+from generate import evaluate
+
+
+def _config(model_dir, output, **kw):
+  return config_lib.EvalConfig(model_dir=str(model_dir), output=str(output), **kw)
+
+
+def _language_model(model_dir):
+  spec, weights, meta, vocab, _ = export_lib.load_export(str(model_dir / "export"))
+  return serving.LanguageModel(spec, weights, meta.tokenizer_spec, vocab)
+
+
+def test_held_out_split_is_scored_whole_with_the_state_carried(tiny_run, tiny_dataset,
+                                                               tmp_path):
+  report = evaluate.run(_config(tiny_run[0], tmp_path / "r.json",
+                                dataset_dir=str(tiny_dataset), split="validation"))
+  assert json.loads((tmp_path / "r.json").read_text()) == json.loads(json.dumps(report))
+  meta = M.load_dataset_metadata(str(tiny_dataset))
+  total = report["total"]
+  # Every validation character is scored, the first after a line end.
+  assert total["tokens"] == meta.splits["validation"].tokens
+  assert total["bytes"] == meta.splits["validation"].bytes
+  assert total["files"] == 3 and total["skipped_files"] == 0
+  assert total["perplexity"] == pytest.approx(math.exp(total["loss"]))
+  assert total["bits_per_byte"] == pytest.approx(total["nll"] / math.log(2) / total["bytes"])
+  # The same numbers as the SavedModel's score signature on each range.
+  lm = _language_model(tiny_run[0])
+  for row in report["files"]:
+    with open(row["path"], "rb") as f:
+      f.seek(row["start"])
+      text = f.read(row["end"] - row["start"])
+    assert row["end"] == os.path.getsize(row["path"]) and row["start"] > 0
+    score = lm.score(tf.constant([text]))
+    assert row["tokens"] == int(score["tokens"][0])
+    assert row["nll"] == pytest.approx(float(score["nll"][0]), rel=1e-5)
+  # Carrying the state helps: better than the trainer's windows from zero.
+  assert total["loss"] < tiny_run[1]["validation"]["loss"]
+
+
+def test_results_do_not_depend_on_batching_or_chunking(tiny_run, tiny_corpus, tmp_path):
+  runs = []
+  for batch_size, chunk in ((1, 512), (2, 17), (5, 64)):
+    report = evaluate.run(_config(tiny_run[0], tmp_path / f"r{batch_size}.json",
+                                  input=(str(tiny_corpus),), batch_size=batch_size,
+                                  chunk_tokens=chunk))
+    runs.append({r["path"]: r for r in report["files"]})
+  for path, row in runs[0].items():
+    for other in runs[1:]:
+      assert other[path]["tokens"] == row["tokens"]
+      assert other[path]["nll"] == pytest.approx(row["nll"], rel=1e-5)
+
+
+def test_empty_binary_and_non_utf8_files(tiny_run, tmp_path):
+  docs = tmp_path / "docs"
+  docs.mkdir()
+  (docs / "empty.txt").write_bytes(b"")
+  (docs / "image.png").write_bytes(bytes.fromhex("89504e470d0a1a0a0000000d49484452") +
+                                   bytes(range(256)) * 4)
+  # Mostly UTF-8 with a few Latin-1 bytes: text, with the bytes replaced.
+  (docs / "latin1.txt").write_bytes(
+      ("The caf\xe9 was full; a na\xefve reader would say so.\n".encode("latin-1")
+       + "And then they all went home again.\n".encode()) * 3)
+  (docs / "ok.txt").write_text("First Citizen:\nSpeak, speak.\n")
+  report = evaluate.run(_config(tiny_run[0], tmp_path / "r.json", input=(str(docs),)))
+  assert sorted((os.path.basename(s["path"]), s["reason"]) for s in report["skipped_files"]) == [
+      ("empty.txt", "empty"), ("image.png", "binary")]
+  by_name = {os.path.basename(r["path"]): r for r in report["files"]}
+  assert by_name["latin1.txt"]["invalid_utf8"] == 6  # é and ï, three times
+  assert by_name["ok.txt"]["invalid_utf8"] == 0
+  assert report["total"]["invalid_utf8"] == 6
+
+
+def test_bad_input_fails_before_any_work(tiny_run, tiny_dataset, tmp_path):
+  doc = tmp_path / "a.txt"
+  doc.write_text("hello\n")
+  with pytest.raises(export_lib.IncompleteExportError, match="--model_dir=.*EXPORTED"):
+    evaluate.run(_config(tmp_path / "no-model", tmp_path / "o.json", input=(str(doc),)))
+  copy = tmp_path / "incomplete"
+  shutil.copytree(tiny_run[0] / "export", copy / "export")
+  os.remove(copy / "export" / "EXPORTED")
+  with pytest.raises(export_lib.IncompleteExportError):
+    evaluate.run(_config(copy, tmp_path / "o.json", input=(str(doc),)))
+  with pytest.raises(FileNotFoundError, match="--input=.*nothing-here.*matched no files"):
+    evaluate.run(_config(tiny_run[0], tmp_path / "o.json",
+                         input=(str(tmp_path / "nothing-here*"),)))
+  with pytest.raises(IsADirectoryError, match="--output"):
+    evaluate.run(_config(tiny_run[0], tmp_path, input=(str(doc),)))
+  locked = tmp_path / "locked"
+  locked.mkdir()
+  locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
+  if os.access(locked, os.W_OK):  # root ignores permissions
+    locked = tmp_path / "file-not-dir"
+    locked.write_text("x")
+  with pytest.raises(PermissionError, match="Cannot write"):
+    evaluate.run(_config(tiny_run[0], locked / "o.json", input=(str(doc),)))
+  with pytest.raises(ValueError, match="no test split"):
+    evaluate.run(_config(tiny_run[0], tmp_path / "o.json", dataset_dir=str(tiny_dataset),
+                         split="test"))
+  # A dataset written before the document lists existed.
+  old = tmp_path / "old-dataset"
+  shutil.copytree(tiny_dataset, old)
+  meta = M.load_dataset_metadata(str(old))
+  meta.splits["validation"].documents_file = ""
+  M.write_dataset_metadata(str(old), meta)
+  with pytest.raises(ValueError, match="no document list.*re-run textgen-preprocess"):
+    evaluate.run(_config(tiny_run[0], tmp_path / "o.json", dataset_dir=str(old)))
+  assert not (tmp_path / "o.json").exists()
+  with pytest.raises(ValueError, match="exactly one of --input"):
+    _config(tiny_run[0], tmp_path / "o.json")
+  with pytest.raises(ValueError, match="--batch_size"):
+    _config(tiny_run[0], tmp_path / "o.json", input=("x",), batch_size=0)
+
+
+def test_a_changed_source_file_is_refused(tiny_run, tmp_path):
+  from beam_preprocess import config as pre_config
+  from beam_preprocess import pipeline
+  from dataspec import tokenizer as T
+  from testutil import BEAM_ARGS, shakespeare_text
+  corpus = tmp_path / "c.txt"
+  corpus.write_text(shakespeare_text(20_000))
+  pipeline.run(pre_config.PreprocessConfig(
+      input=(str(corpus),), output_dir=str(tmp_path / "d"),
+      tokenizer=T.TokenizerSpec(type="char"), window_length=32, split_mode="tail",
+      validation_fraction=0.2), pipeline_args=BEAM_ARGS)
+  with open(corpus, "a") as f:
+    f.write("more text\n")
+  with pytest.raises(ValueError, match="changed since"):
+    evaluate.run(_config(tiny_run[0], tmp_path / "o.json", dataset_dir=str(tmp_path / "d")))
+
+
+def test_main_with_flags(tiny_run, tiny_corpus, tmp_path):
+  with flagsaver.flagsaver():
+    eval_main.parse_flags(["prog", f"--model_dir={tiny_run[0]}",
+                           f"--input={tiny_corpus}/doc0.txt", f"--output={tmp_path / 'r.json'}",
+                           "--batch_size=2"])
+    eval_main.main(["prog"])
+  assert json.loads((tmp_path / "r.json").read_text())["total"]["files"] == 1
+  with flagsaver.flagsaver():
+    eval_main.parse_flags(["prog", f"--model_dir={tiny_run[0]}",
+                           f"--output={tmp_path / 'r.json'}"])
+    with pytest.raises(app.UsageError, match="exactly one of --input"):
+      eval_main.main(["prog"])
