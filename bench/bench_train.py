@@ -1,141 +1,229 @@
-r"""Training throughput against the tutorial recipe, FLOPs and matmul peak.
+r"""Training throughput: ours against plain Keras and PyTorch, same run.
 
-  python bench/bench_train.py [--steps=20]
+  python bench/bench_train.py [--rounds=3] [--steps=20] [--batch_sizes=64,256]
 
-For a char model (tinyshakespeare; 2x LSTM 256, embedding 64, window 128,
-batch 64) and a word model (PTB train, 10k vocab; 2x LSTM 200, embedding 200,
-window 35, batch 64), in the same run:
-  ours:     trainer.train.Trainer: loss on all `window` positions, sparse
-            targets, compiled multi-step loop, tf.data from TFRecords.
-  tutorial: Keras Sequential Embedding -> LSTM -> LSTM -> Dense(softmax),
-            categorical cross-entropy on one-hot labels, one next-token
-            target per window, model.train_on_batch on numpy arrays.
-Prints target tokens/s for both and the ratio, the model's training FLOPs per
-token (3x forward), and the fraction of this machine's measured float32
-matmul peak that our training reaches.
+The reference char model (2x LSTM 256, embedding 64, the bundled corpus's 68
+ids, window 128), all three on the same windows of the bundled corpus, each
+measurement in a fresh process (so peak RSS is its own), the three
+interleaved in every round (ours, keras, torch, ours, ...):
+
+  ours   trainer.train.Trainer: the job's own compiled multi-step loop,
+         tf.data from the preprocessed TFRecords, MirroredStrategy (the
+         default), all-reduce + global-norm clipping, the LSTM's CPU path.
+  keras  plain Keras: Sequential Embedding -> LSTM -> LSTM -> Dense, sparse
+         categorical cross-entropy from logits, Adam, model.fit on a cached,
+         shuffled tf.data dataset of the same windows.
+  torch  PyTorch 2.13 (CPU build): Embedding -> nn.LSTM(2 layers) -> Linear,
+         cross-entropy, Adam, batches gathered from the same windows
+         (pip install -e '.[bench]').
+
+Prints the machine, its 1-minute load average before and after, TensorFlow's
+matmul peak at the LSTM's GEMM shapes, then per batch size the median target
+tokens/s of each (and every round's), the ratios, and peak RSS.
 """
 
+import json
 import os
+import resource
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 
 from absl import app
 from absl import flags
-import keras
 import numpy as np
-import tensorflow as tf
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import machine  # pylint: disable=wrong-import-position
-from beam_preprocess import config as pre_config  # pylint: disable=wrong-import-position
-from beam_preprocess import pipeline  # pylint: disable=wrong-import-position
-from dataspec import metadata  # pylint: disable=wrong-import-position
-from dataspec import tokenizer  # pylint: disable=wrong-import-position
-from trainer import config as train_config  # pylint: disable=wrong-import-position
-from trainer import train  # pylint: disable=wrong-import-position
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per measurement.")
-_SHARED = flags.DEFINE_string(
-    "shared_data", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"),
-    "Folder with the corpora.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved rounds.")
+_STEPS = flags.DEFINE_integer("steps", 20, "Timed training steps per measurement.")
+_WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed steps first (tracing, caches).")
+_BATCHES = flags.DEFINE_list("batch_sizes", ["64", "256"], "Global batch sizes.")
+_IMPLS = flags.DEFINE_list("impls", ["ours", "keras", "torch"], "What to measure.")
+_WORKER = flags.DEFINE_string("worker", None, "Internal: measure one implementation.")
+_BATCH = flags.DEFINE_integer("batch", 64, "Internal: the worker's batch size.")
+_DATA = flags.DEFINE_string("data", None, "Internal: the worker's dataset directory.")
 
-CASES = {
-    "char": dict(corpus="tinyshakespeare/input.txt",
-                 tok=tokenizer.TokenizerSpec(type="char"), vocab=0,
-                 window=128, units=256, embedding=64, batch=64),
-    "word": dict(corpus="ptb/ptb.train.txt",
-                 tok=tokenizer.TokenizerSpec(type="word", punctuation="keep"),
-                 vocab=10001, window=35, units=200, embedding=200, batch=64),
-}
+EMBEDDING, UNITS, WINDOW = 64, 256, 128
 
 
-def train_flops_per_token(vocab, embedding, units, layers) -> float:
-  forward, width = 0, embedding
-  for _ in range(layers):
-    forward += 2 * (width + units) * 4 * units
-    width = units
-  forward += 2 * width * vocab
+def prepare(work: str) -> str:
+  """The bundled corpus as a char dataset (window 128) and windows.npy."""
+  from beam_preprocess import config as pre_config  # pylint: disable=g-import-not-at-top
+  from beam_preprocess import pipeline  # pylint: disable=g-import-not-at-top
+  from dataspec import tokenizer  # pylint: disable=g-import-not-at-top
+  from trainer import data  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from dataspec import schema  # pylint: disable=g-import-not-at-top
+  out = os.path.join(work, "data")
+  meta = pipeline.run(pre_config.PreprocessConfig(
+      input=(os.path.join(REPO, "data", "tinyshakespeare.txt"),), output_dir=out,
+      tokenizer=tokenizer.TokenizerSpec(type="char"), window_length=WINDOW,
+      split_mode="tail", validation_fraction=0.05), pipeline_args=["--direct_num_workers=1"])
+  parse = schema.make_parse_fn(window_length=WINDOW, token_dtype=meta.token_dtype)
+  files = data.split_files(out, meta, "train")
+  windows = np.concatenate([parse(b).numpy() for b in tf.data.TFRecordDataset(
+      files, compression_type="GZIP").batch(4096)])
+  np.save(os.path.join(out, "windows.npy"), windows)
+  return out
+
+
+def flops_per_token(vocab) -> float:
+  """Training FLOPs per target token: 3x the forward multiply-adds x 2."""
+  forward = 2 * ((EMBEDDING + UNITS) + 2 * UNITS) * 4 * UNITS + 2 * UNITS * vocab
   return 3 * forward
 
 
-def bench_ours(case, dataset_dir, work) -> float:
-  config = train_config.TrainConfig(
-      dataset_dir=dataset_dir, model_dir=os.path.join(work, "model"),
-      embedding_dim=case["embedding"], units=case["units"], num_layers=2,
-      batch_size=case["batch"], train_steps=10_000, shuffle_buffer=1000)
-  trainer = train.Trainer(config)
-  iterator, _ = trainer._train_iterator(0)  # pylint: disable=protected-access
-  trainer._train_loop(iterator, tf.constant(3))  # pylint: disable=protected-access  (trace)
+# ---- workers (each in its own process) ---------------------------------------
+
+def work_ours(batch, data_dir, steps, warmup):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from trainer import config as train_config  # pylint: disable=g-import-not-at-top
+  from trainer import heap  # pylint: disable=g-import-not-at-top
+  from trainer import train  # pylint: disable=g-import-not-at-top
+  heap.keep_freed_memory()  # as train.run() does
+  with tempfile.TemporaryDirectory() as tmp:
+    trainer = train.Trainer(train_config.TrainConfig(
+        dataset_dir=data_dir, model_dir=tmp, embedding_dim=EMBEDDING, units=UNITS,
+        num_layers=2, batch_size=batch, train_steps=100_000, shuffle_buffer=1000))
+    iterator, _ = trainer._train_iterator(0)  # pylint: disable=protected-access
+    float(trainer._train_loop(iterator, tf.constant(warmup))[0])  # pylint: disable=protected-access
+    start = time.perf_counter()
+    float(trainer._train_loop(iterator, tf.constant(steps))[0])  # pylint: disable=protected-access
+    elapsed = time.perf_counter() - start
+    trainer.store.close()
+    trainer.best_store.close()
+  return elapsed
+
+
+def work_keras(batch, data_dir, steps, warmup):
+  import keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  windows = np.load(os.path.join(data_dir, "windows.npy"))
+  vocab = json.load(open(os.path.join(data_dir, "metadata.json")))["vocab_size"]
+  model = keras.Sequential([
+      keras.Input((WINDOW,), dtype="int32"), keras.layers.Embedding(vocab, EMBEDDING),
+      keras.layers.LSTM(UNITS, return_sequences=True),
+      keras.layers.LSTM(UNITS, return_sequences=True), keras.layers.Dense(vocab)])
+  model.compile(optimizer="adam",
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  ds = (tf.data.Dataset.from_tensor_slices((windows[:, :-1], windows[:, 1:])).cache()
+        .shuffle(10_000, seed=0).repeat().batch(batch, drop_remainder=True)
+        .prefetch(tf.data.AUTOTUNE))
+  model.fit(ds, epochs=1, steps_per_epoch=warmup, verbose=0)
   start = time.perf_counter()
-  out = trainer._train_loop(iterator, tf.constant(_STEPS.value))  # pylint: disable=protected-access
-  float(out[0])
-  elapsed = time.perf_counter() - start
-  trainer.store.close()
-  trainer.best_store.close()
-  return _STEPS.value * case["batch"] * case["window"] / elapsed
+  model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0)
+  return time.perf_counter() - start
 
 
-def tutorial_model(*, vocab, window, embedding, units, layers) -> keras.Model:
-  """The tutorial's model: Embedding -> LSTM x layers -> Dense softmax on the
-  last position, categorical cross-entropy on one-hot labels, Adam."""
-  model = keras.Sequential(
-      [keras.Input((window,), dtype="int32"), keras.layers.Embedding(vocab, embedding)] +
-      [keras.layers.LSTM(units, return_sequences=i + 1 < layers) for i in range(layers)] +
-      [keras.layers.Dense(vocab, activation="softmax")])
-  model.compile(loss="categorical_crossentropy", optimizer="adam")
-  return model
+def work_torch(batch, data_dir, steps, warmup):
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(os.cpu_count())
+  torch.manual_seed(0)
+  windows = torch.from_numpy(np.load(os.path.join(data_dir, "windows.npy")).astype(np.int64))
+  vocab = json.load(open(os.path.join(data_dir, "metadata.json")))["vocab_size"]
 
+  class Model(torch.nn.Module):
 
-def bench_tutorial(case, ids, vocab) -> float:
-  model = tutorial_model(vocab=vocab, window=case["window"], embedding=case["embedding"],
-                         units=case["units"], layers=2)
-  rng = np.random.default_rng(0)
-  def batch():
-    starts = rng.integers(0, len(ids) - case["window"] - 1, case["batch"])
-    x = np.stack([ids[s:s + case["window"]] for s in starts])
-    y = keras.utils.to_categorical(ids[starts + case["window"]], vocab)  # one-hot
-    return x, y
-  for _ in range(2):
-    model.train_on_batch(*batch())
+    def __init__(self):
+      super().__init__()
+      self.embedding = torch.nn.Embedding(vocab, EMBEDDING)
+      self.lstm = torch.nn.LSTM(EMBEDDING, UNITS, num_layers=2, batch_first=True)
+      self.output = torch.nn.Linear(UNITS, vocab)
+
+    def forward(self, ids):
+      return self.output(self.lstm(self.embedding(ids))[0])
+
+  model = Model()
+  optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+  generator = torch.Generator().manual_seed(0)
+
+  def step():
+    rows = windows[torch.randint(len(windows), (batch,), generator=generator)]
+    logits = model(rows[:, :-1])
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab), rows[:, 1:].reshape(-1))
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss
+
+  for _ in range(warmup):
+    step()
   start = time.perf_counter()
-  for _ in range(_STEPS.value):
-    model.train_on_batch(*batch())
-  return _STEPS.value * case["batch"] / (time.perf_counter() - start)
+  for _ in range(steps):
+    loss = step()
+  float(loss)
+  return time.perf_counter() - start
+
+
+WORKERS = {"ours": work_ours, "keras": work_keras, "torch": work_torch}
+
+
+def run_worker(impl, batch, data_dir):
+  """Measures in a fresh process; returns (tokens/s, peak RSS MB)."""
+  out = subprocess.run(
+      [sys.executable, os.path.abspath(__file__), f"--worker={impl}", f"--batch={batch}",
+       f"--data={data_dir}", f"--steps={_STEPS.value}", f"--warmup={_WARMUP.value}"],
+      capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+  if out.returncode:
+    raise RuntimeError(f"{impl} at batch {batch} failed:\n{out.stderr[-3000:]}")
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  return result["tokens_per_second"], result["peak_rss_mb"]
 
 
 def main(_):
+  if _WORKER.value:
+    seconds = WORKERS[_WORKER.value](_BATCH.value, _DATA.value, _STEPS.value, _WARMUP.value)
+    print(json.dumps({
+        "tokens_per_second": _STEPS.value * _BATCH.value * WINDOW / seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    return
+  import machine  # pylint: disable=g-import-not-at-top
   print(machine.describe())
-  case = CASES["char"]
-  peaks = machine.peak_report(machine.lstm_gemm_shapes(
-      batch=case["batch"], embedding=case["embedding"], units=case["units"],
-      vocab=68).items())
-  peak = max(peaks.values()) * 1e9
-  print("float32 matmul peak (TensorFlow, best of 5): " +
-        ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()) + "\n")
-  rows = []
-  for name, case in CASES.items():
-    work = tempfile.mkdtemp(prefix=f"bench-train-{name}-")
-    meta = pipeline.run(pre_config.PreprocessConfig(
-        input=(os.path.join(_SHARED.value, case["corpus"]),),
-        output_dir=os.path.join(work, "data"), tokenizer=case["tok"],
-        window_length=case["window"], split_mode="tail", validation_fraction=0.05,
-        max_vocab_size=case["vocab"]), pipeline_args=["--direct_num_workers=1"])
-    ours = bench_ours(case, os.path.join(work, "data"), work)
-    tok = tokenizer.Tokenizer(case["tok"], vocab=metadata.load_vocab_for(
-        os.path.join(work, "data"), meta))
-    text = open(os.path.join(_SHARED.value, case["corpus"]), encoding="utf-8").read()
-    ids = tok.encode(text[:2_000_000])  # the tutorial's in-memory id array
-    tutorial = bench_tutorial(case, ids, meta.vocab_size)
-    flops = train_flops_per_token(meta.vocab_size, case["embedding"], case["units"], 2)
-    rows.append((name, case, meta.vocab_size, ours, tutorial, flops))
-  print("| model | ours tokens/s | tutorial tokens/s | speed-up | train FLOPs/token | ours GFLOP/s | of matmul peak |")
-  print("|---|---:|---:|---:|---:|---:|---:|")
-  for name, case, vocab, ours, tutorial, flops in rows:
-    print(f"| {name} (2x{case['units']}, emb {case['embedding']}, vocab {vocab}, "
-          f"window {case['window']}, batch {case['batch']}) | {ours:,.0f} | "
-          f"{tutorial:,.1f} | {ours / tutorial:,.0f}x | {flops / 1e6:.2f} MFLOP | "
-          f"{ours * flops / 1e9:.1f} | {ours * flops / peak:.1%} |")
+  with tempfile.TemporaryDirectory(prefix="bench-train-") as work:
+    data_dir = prepare(work)
+    vocab = json.load(open(os.path.join(data_dir, "metadata.json")))["vocab_size"]
+    batches = [int(b) for b in _BATCHES.value]
+    peaks = {}
+    for batch in batches:
+      peaks.update(machine.peak_report(machine.lstm_gemm_shapes(
+          batch=batch, embedding=EMBEDDING, units=UNITS, vocab=vocab).items()))
+    print("TensorFlow float32 matmul peak (best of 5): " +
+          ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
+    results = {(impl, b): [] for impl in _IMPLS.value for b in batches}
+    rss = {}
+    for round_index in range(_ROUNDS.value):
+      for batch in batches:
+        for impl in _IMPLS.value:
+          tokens, peak = run_worker(impl, batch, data_dir)
+          results[impl, batch].append(tokens)
+          rss[impl, batch] = max(rss.get((impl, batch), 0), peak)
+          print(f"round {round_index + 1} batch {batch} {impl}: {tokens:,.0f} tokens/s, "
+                f"peak RSS {peak:,.0f} MB", flush=True)
+    print(f"\n{machine.describe()} (after)")
+    flops = flops_per_token(vocab)
+    print(f"\nmodel: 2x LSTM {UNITS}, embedding {EMBEDDING}, vocab {vocab}, window "
+          f"{WINDOW}; {flops / 1e6:.2f} MFLOP per target token; "
+          f"{_ROUNDS.value} rounds of {_STEPS.value} steps, medians\n")
+    impls = _IMPLS.value
+    print("| batch | " + " | ".join(f"{i} tokens/s" for i in impls) + " | " +
+          " | ".join(f"ours / {i}" for i in impls if i != "ours") + " | " +
+          " | ".join(f"{i} peak RSS" for i in impls) + " | ours GFLOP/s |")
+    print("|---:|" + "---:|" * (len(impls) + len(impls) - 1 + len(impls) + 1))
+    for batch in batches:
+      med = {i: statistics.median(results[i, batch]) for i in impls}
+      ratios = [f"{med['ours'] / med[i]:.2f}x" for i in impls if i != "ours" and "ours" in med]
+      print(f"| {batch} | " + " | ".join(f"{med[i]:,.0f}" for i in impls) + " | " +
+            " | ".join(ratios) + " | " +
+            " | ".join(f"{rss[i, batch]:,.0f} MB" for i in impls) + " | " +
+            (f"{med['ours'] * flops / 1e9:.0f} |" if "ours" in med else "- |"))
+    print("\nevery round (tokens/s): " + "; ".join(
+        f"{i}@{b}: " + ", ".join(f"{v:,.0f}" for v in results[i, b])
+        for b in batches for i in impls))
 
 
 if __name__ == "__main__":

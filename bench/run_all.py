@@ -39,7 +39,9 @@ def run_bench(script, *args):
                        capture_output=True, text=True, check=True, cwd=REPO).stdout
   lines = out.splitlines()
   first = next(i for i, l in enumerate(lines) if l.startswith("|"))
-  return "\n".join(lines[:first]).strip(), "\n".join(l for l in lines[first:] if l.startswith("|"))
+  last = max(i for i, l in enumerate(lines) if l.startswith("|"))
+  return ("\n".join(lines[:first]).strip(),
+          "\n".join(lines[first:last + 1] + [""] + lines[last + 1:]).strip())
 
 
 def read_validation_curve(model_dir, tokens_per_step):
@@ -70,7 +72,7 @@ def tutorial_curve(values, seconds):
   sys.path.insert(0, REPO)
   from dataspec import metadata  # pylint: disable=g-import-not-at-top
   from dataspec import tokenizer  # pylint: disable=g-import-not-at-top
-  import bench_train  # pylint: disable=g-import-not-at-top
+  import tutorial  # pylint: disable=g-import-not-at-top
   dataset_dir = os.path.join(REPO, values["dataset_dir"])
   meta = metadata.load_dataset_metadata(dataset_dir)
   config = json.load(open(os.path.join(dataset_dir, "config.json")))
@@ -82,7 +84,7 @@ def tutorial_curve(values, seconds):
   cut = int(len(ids) * (1 - config["validation_fraction"]))
   train_ids, val_ids = ids[:cut], ids[cut:]
   window, batch, vocab = meta.window_length, int(values["batch_size"]), meta.vocab_size
-  model = bench_train.tutorial_model(
+  model = tutorial.tutorial_model(
       vocab=vocab, window=window, embedding=int(values["embedding_dim"]),
       units=int(values["units"]), layers=int(values["num_layers"]))
   rng = np.random.default_rng(0)

@@ -72,8 +72,8 @@ class ModelSpec:
     return cls(**json.loads(text))
 
 
-def check_weights(spec: ModelSpec, weights: Dict[str, np.ndarray]):
-  """Raises ValueError if names or shapes do not fit `spec`."""
+def weight_shapes(spec: ModelSpec) -> Dict[str, tuple]:
+  """The shape of every weight the export holds, by name."""
   expected = {"embedding": (spec.vocab_size, spec.embedding_dim)}
   in_dim = spec.embedding_dim
   for i in range(spec.num_layers):
@@ -87,6 +87,12 @@ def check_weights(spec: ModelSpec, weights: Dict[str, np.ndarray]):
     in_dim = spec.projection_dim
   expected["output/kernel"] = (in_dim, spec.vocab_size)
   expected["output/bias"] = (spec.vocab_size,)
+  return expected
+
+
+def check_weights(spec: ModelSpec, weights: Dict[str, np.ndarray]):
+  """Raises ValueError if names or shapes do not fit `spec`."""
+  expected = weight_shapes(spec)
   if set(weights) != set(expected):
     raise ValueError(f"weights.npz holds {sorted(weights)}, expected {sorted(expected)}")
   for name, shape in expected.items():

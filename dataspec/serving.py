@@ -26,8 +26,8 @@ Functions (attributes of the loaded object):
       the LSTM state carried in and out (textgen-eval streams documents)
   info() -> JSON: the model spec, tokenizer, start id
 
-Sampling: temperature, then top-k, then top-p (nucleus) in float64, then the
-Gumbel-max trick with noise hashed from (row seed, position, token id); the
+Sampling: temperature, then top-k, then top-p (nucleus), then the Gumbel-max
+trick with noise hashed from (row seed, position, token id); the
 row seed is a hash of (seed, prompt index, sample index). A sample therefore
 depends only on its seed, prompt, sample index and position: not on the batch
 size, the batch it is in, or the shard. Scoring a text scores every token
@@ -48,27 +48,35 @@ from dataspec import tokenizer as tokenizer_lib
 
 SAVED_MODEL_DIR = "saved_model"
 SCORE_CHUNK = 256  # tokens per step of the score signature's loop
-_MASK32 = 0xFFFFFFFF
+PREFILL_CHUNK = 32  # prompt tokens per step of generation's prefill loop
 _LN2 = math.log(2.0)
 
 
+def _u32(value):
+  return tf.constant(value, tf.uint32)
+
+
 def _mix32(x):
-  """murmur3's 32-bit finalizer on int64 tensors holding uint32 values."""
-  x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
-  x = tf.bitwise.bitwise_and(x * 0x85EBCA6B, _MASK32)
-  x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 13))
-  x = tf.bitwise.bitwise_and(x * 0xC2B2AE35, _MASK32)
-  return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+  """murmur3's 32-bit finalizer (uint32 tensors, arithmetic modulo 2^32)."""
+  x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, _u32(16))) * _u32(0x85EBCA6B)
+  x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, _u32(13))) * _u32(0xC2B2AE35)
+  return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, _u32(16)))
 
 
-def hashed_uniform(row_seeds, position, vocab_size):
-  """(batch, vocab) uniforms in (0, 1) from per-row seeds and a position."""
-  rows = tf.cast(row_seeds, tf.int64)[:, None]  # (batch, 1)
-  cols = tf.range(vocab_size, dtype=tf.int64)[None, :]  # (1, vocab)
-  pos = tf.cast(position, tf.int64)
-  x = tf.bitwise.bitwise_and(rows * 0x9E3779B1 + pos * 0x85EBCA77, _MASK32)
-  x = _mix32(tf.bitwise.bitwise_and(_mix32(x) + cols * 0xC2B2AE3D, _MASK32))
-  return (tf.cast(x, tf.float64) + 0.5) / 4294967296.0
+def token_salts(vocab_size):
+  """(1, vocab) uint32: each token id's term of the noise hash."""
+  return tf.cast(tf.range(vocab_size), tf.uint32)[None, :] * _u32(0xC2B2AE3D)
+
+
+def gumbel_noise(row_seeds, position, salts):
+  """(batch, vocab) float32 Gumbel(0, 1) noise, a pure function of each row's
+  seed, the position and the token id: 24 bits of a murmur3-mixed hash make a
+  uniform strictly inside (0, 1)."""
+  rows = tf.cast(row_seeds, tf.uint32)[:, None]  # (batch, 1); seeds are 31-bit
+  pos = tf.cast(position, tf.uint32)
+  x = _mix32(_mix32(rows * _u32(0x9E3779B1) + pos * _u32(0x85EBCA77)) + salts)
+  uniform = (tf.cast(tf.bitwise.right_shift(x, _u32(8)), tf.float32) + 0.5) * (1.0 / (1 << 24))
+  return -tf.math.log(-tf.math.log(uniform))
 
 
 def row_seeds(seed, prompt_index, sample_index):
@@ -135,10 +143,14 @@ class LanguageModel(tf.Module):
     var = lambda value, name: tf.Variable(np.asarray(value, np.float32),
                                           trainable=False, name=name)
     self.embedding = var(weights["embedding"], "embedding")
-    # [kernel; recurrent_kernel]: one matmul of [x, h] per decoding step.
-    self.lstm_kernels = [var(np.concatenate([weights[f"lstm_{i}/kernel"],
-                                             weights[f"lstm_{i}/recurrent_kernel"]]),
-                             f"lstm_{i}/kernels") for i in range(spec.num_layers)]
+    # Two products per step (x W + h U), not one of [x, h]: at batch 1 the
+    # (1, in + units) x (in + units, 4 units) product took 85 us here, the
+    # two halves 36 us together.
+    self.lstm_kernels = [var(weights[f"lstm_{i}/kernel"], f"lstm_{i}/kernel")
+                         for i in range(spec.num_layers)]
+    self.lstm_recurrent_kernels = [
+        var(weights[f"lstm_{i}/recurrent_kernel"], f"lstm_{i}/recurrent_kernel")
+        for i in range(spec.num_layers)]
     self.lstm_biases = [var(weights[f"lstm_{i}/bias"], f"lstm_{i}/bias")
                         for i in range(spec.num_layers)]
     self.projection = ([var(weights["projection/kernel"], "projection/kernel"),
@@ -163,18 +175,19 @@ class LanguageModel(tf.Module):
 
   def _step(self, tokens, h, c):
     """One position for the batch: tokens (batch,) -> logits (batch, vocab),
-    states h, c (layers, batch, units)."""
+    states h, c (tuples of (batch, units), one per layer)."""
     x = tf.gather(self.embedding, tokens)  # (batch, embedding)
     hs, cs = [], []
     for layer in range(self._spec.num_layers):
-      z = (tf.matmul(tf.concat([x, h[layer]], 1), self.lstm_kernels[layer])
+      z = (tf.matmul(x, self.lstm_kernels[layer])
+           + tf.matmul(h[layer], self.lstm_recurrent_kernels[layer])
            + self.lstm_biases[layer])  # (batch, 4 units): gates i, f, g, o
       i, f, g, o = tf.split(z, 4, axis=1)
       c_new = tf.sigmoid(f) * c[layer] + tf.sigmoid(i) * tf.tanh(g)
       x = tf.sigmoid(o) * tf.tanh(c_new)
       hs.append(x)
       cs.append(c_new)
-    return self._logits(x), tf.stack(hs), tf.stack(cs)
+    return self._logits(x), tuple(hs), tuple(cs)
 
   def _sequence(self, ids, lengths, h, c):
     """Runs rows of ids (batch, time), each valid up to lengths[i], from
@@ -190,11 +203,11 @@ class LanguageModel(tf.Module):
     hs, cs = [], []
     for layer in range(self._spec.num_layers):
       in_dim = self._spec.embedding_dim if layer == 0 else units
-      kernel = self.lstm_kernels[layer]
       # The input half of every step in one matmul: (batch * time, 4 units).
-      xw = tf.matmul(tf.reshape(x, [-1, in_dim]), kernel[:in_dim]) + self.lstm_biases[layer]
+      xw = (tf.matmul(tf.reshape(x, [-1, in_dim]), self.lstm_kernels[layer])
+            + self.lstm_biases[layer])
       xw = tf.transpose(tf.reshape(xw, [batch, time, 4 * units]), [1, 0, 2])
-      recurrent = kernel[in_dim:]
+      recurrent = self.lstm_recurrent_kernels[layer]
 
       def step(t, hl, cl, outputs, xw=xw, recurrent=recurrent):
         z = xw[t] + tf.matmul(hl, recurrent)
@@ -316,32 +329,96 @@ class LanguageModel(tf.Module):
 
   # ---- generation -----------------------------------------------------------
 
-  def _choose(self, logits, seeds, position, temperature, top_k, top_p, greedy):
-    """The next token of each row (see the module docstring)."""
-    vocab = self._spec.vocab_size
+  def _filter(self, scaled, top_k, top_p):
+    """Top-k (0 = off), then top-p (1 = off) of temperature-scaled logits."""
+    neg_inf = tf.constant(-np.inf, tf.float32)
+    scaled = tf.cond(
+        top_k > 0,
+        lambda: tf.where(scaled < tf.math.top_k(
+            scaled, k=tf.minimum(top_k, self._spec.vocab_size)).values[:, -1:],
+                         neg_inf, scaled),
+        lambda: scaled)
 
-    def sample():
-      scaled = tf.cast(logits, tf.float64) / tf.cast(temperature, tf.float64)
-      neg_inf = tf.constant(-np.inf, tf.float64)
-      scaled = tf.cond(
-          top_k > 0,
-          lambda: tf.where(scaled < tf.math.top_k(scaled, k=tf.minimum(top_k, vocab))
-                           .values[:, -1:], neg_inf, scaled),
-          lambda: scaled)
+    def nucleus():
+      sorted_logits = tf.sort(scaled, direction="DESCENDING")
+      before = tf.cumsum(tf.nn.softmax(sorted_logits), axis=-1, exclusive=True)
+      keep = tf.reduce_sum(tf.cast(before < top_p, tf.int32), -1)
+      cutoff = tf.gather(sorted_logits, tf.maximum(keep - 1, 0), batch_dims=1)
+      return tf.where(scaled < cutoff[:, None], neg_inf, scaled)
 
-      def nucleus():
-        sorted_logits = tf.sort(scaled, direction="DESCENDING")
-        before = tf.cumsum(tf.nn.softmax(sorted_logits), axis=-1, exclusive=True)
-        keep = tf.reduce_sum(tf.cast(before < tf.cast(top_p, tf.float64), tf.int32), -1)
-        cutoff = tf.gather(sorted_logits, tf.maximum(keep - 1, 0), batch_dims=1)
-        return tf.where(scaled < cutoff[:, None], neg_inf, scaled)
+    return tf.cond(top_p < 1.0, nucleus, lambda: scaled)
 
-      scaled = tf.cond(top_p < 1.0, nucleus, lambda: scaled)
-      gumbel = -tf.math.log(-tf.math.log(hashed_uniform(seeds, position, vocab)))
-      return tf.argmax(scaled + gumbel, axis=-1, output_type=tf.int32)
+  def _prefill(self, ids, lengths):
+    """Runs the prompts ids (batch, time), row i valid up to lengths[i] >= 1,
+    PREFILL_CHUNK positions at a time (so memory does not grow with the
+    prompt).
 
-    return tf.cond(greedy, lambda: tf.argmax(logits, axis=-1, output_type=tf.int32),
-                   sample)
+    Returns:
+      (logits after each row's last id (batch, vocab), h, c).
+    """
+    batch = tf.shape(ids)[0]
+
+    def chunk_step(start, h, c, last):
+      chunk_lengths = tf.clip_by_value(lengths - start, 0, PREFILL_CHUNK)
+      top, h, c = self._sequence(ids[:, start:start + PREFILL_CHUNK], chunk_lengths, h, c)
+      ends_here = (lengths > start) & (lengths <= start + PREFILL_CHUNK)
+      here = tf.gather(top, tf.maximum(chunk_lengths - 1, 0), batch_dims=1)
+      return start + PREFILL_CHUNK, h, c, tf.where(ends_here[:, None], here, last)
+
+    h, c = self._zero_state(batch)
+    _, h, c, last = tf.while_loop(
+        lambda start, *_: start < tf.shape(ids)[1], chunk_step,
+        (tf.constant(0), h, c, tf.zeros([batch, self._spec.units])))
+    return self._logits(last), h, c
+
+  def _decode(self, logits, h, c, *, choose, max_new_tokens, stop_on_eos,
+              stop_strings=None, keep_bytes=None):
+    """Picks up to max_new_tokens tokens per row, one LSTM step each.
+
+    Args:
+      logits: (batch, vocab) after the prompt; h, c: tuples of layer states.
+      choose: (logits, position) -> (batch,) token ids.
+      stop_on_eos: scalar bool.
+      stop_strings, keep_bytes: the stop strings (None: there are none; this
+        loop then carries no text) and how many bytes of each row's newest
+        text can hold one.
+
+    Returns:
+      (tokens (batch, n) int32, n, done, by_eos, ends): rows stop after
+      ends[i] tokens (by a stop, by_eos if that was the end token).
+    """
+    batch = tf.shape(logits)[0]
+
+    def body(n, out, h, c, logits, done, by_eos, ends, tail, line_start):
+      token = choose(logits, n)
+      out = out.write(n, token)
+      hit = stop_on_eos & tf.equal(token, tokenizer_lib.EOS_ID)
+      eos_hit = hit
+      if stop_strings is not None:
+        piece, line_start = self.tokenizer.piece(token, line_start)
+        tail = tf.strings.join([tail, piece])
+        cut = tf.maximum(tf.strings.length(tail) - keep_bytes, 0)
+        tail = tf.strings.substr(tail, cut, tf.fill(tf.shape(cut), keep_bytes))
+        hit = hit | _contains_any(tail, stop_strings)
+      hit = ~done & hit
+      ends = tf.where(hit, n + 1, ends)
+      by_eos = tf.where(hit, eos_hit, by_eos)
+      done = done | hit
+      logits, h, c = self._step(token, h, c)
+      return n + 1, out, h, c, logits, done, by_eos, ends, tail, line_start
+
+    false = tf.zeros([batch], tf.bool)
+    text_state = ((tf.fill([batch], ""), tf.ones([batch], tf.bool))
+                  if stop_strings is not None else (tf.zeros([]), tf.zeros([])))
+    state = (tf.constant(0), tf.TensorArray(tf.int32, size=0, dynamic_size=True,
+                                            element_shape=tf.TensorShape([None])),
+             h, c, logits, false, false, tf.fill([batch], max_new_tokens)) + text_state
+    n, out, _, _, _, done, by_eos, ends, _, _ = tf.while_loop(
+        lambda n, out, h, c, logits, done, *_: (n < max_new_tokens) & ~tf.reduce_all(done),
+        body, state)
+    tokens = tf.cond(n > 0, lambda: tf.transpose(tf.reshape(out.stack(), [n, batch])),
+                     lambda: tf.zeros([batch, 0], tf.int32))  # (batch, n)
+    return tokens, n, done, by_eos, ends
 
   def _generate(self, prompts, prompt_index, sample_index, max_new_tokens,
                 temperature, top_k, top_p, greedy, seed, stop):
@@ -354,10 +431,11 @@ class LanguageModel(tf.Module):
              else tokenizer_lib.EOS_ID)
     lengths = tf.maximum(prompt_tokens, 1)
     dense = _at_least_one_column(ids.to_tensor(default_value=start), start)
-    h, c = self._zero_state(batch)
-    top, h, c = self._sequence(dense, lengths, h, c)
-    logits = self._logits(tf.gather(top, lengths - 1, batch_dims=1))  # (batch, vocab)
+    logits, h, c = self._prefill(dense, lengths)
+    layers = self._spec.num_layers
+    h, c = tuple(tf.unstack(h, num=layers)), tuple(tf.unstack(c, num=layers))
     seeds = row_seeds(seed, prompt_index, sample_index)
+    salts = token_salts(self._spec.vocab_size)
 
     stop_on_eos = tf.reduce_any(tf.equal(stop, "<eos>"))
     stop_strings = tf.boolean_mask(stop, tf.not_equal(stop, "<eos>") & tf.not_equal(stop, ""))
@@ -367,38 +445,28 @@ class LanguageModel(tf.Module):
     keep_bytes = (tf.reduce_max(tf.concat([tf.strings.length(stop_strings), [0]], 0))
                   + self.tokenizer.max_piece_bytes)
 
-    def body(n, out, h, c, logits, done, by_eos, ends, tail, line_start):
-      token = self._choose(logits, seeds, n, temperature, top_k, top_p, greedy)
-      out = out.write(n, token)
-      eos_hit = stop_on_eos & tf.equal(token, tokenizer_lib.EOS_ID)
+    def greedy_choice(logits, _):
+      return tf.argmax(logits, axis=-1, output_type=tf.int32)
 
-      def check_strings():
-        piece, new_line_start = self.tokenizer.piece(token, line_start)
-        new_tail = tf.strings.join([tail, piece])
-        cut = tf.maximum(tf.strings.length(new_tail) - keep_bytes, 0)
-        new_tail = tf.strings.substr(new_tail, cut, tf.fill(tf.shape(cut), keep_bytes))
-        return _contains_any(new_tail, stop_strings), new_tail, new_line_start
+    def sampled(logits, n):
+      return tf.argmax(logits / temperature + gumbel_noise(seeds, n, salts), axis=-1,
+                       output_type=tf.int32)
 
-      string_hit, tail, line_start = tf.cond(
-          has_strings, check_strings,
-          lambda: (tf.zeros([batch], tf.bool), tail, line_start))
-      hit = ~done & (eos_hit | string_hit)
-      ends = tf.where(hit, n + 1, ends)
-      by_eos = tf.where(hit, eos_hit, by_eos)
-      done = done | hit
-      logits, h, c = self._step(token, h, c)
-      return n + 1, out, h, c, logits, done, by_eos, ends, tail, line_start
+    def general(logits, n):
+      return tf.cond(greedy, lambda: greedy_choice(logits, n), lambda: tf.argmax(
+          self._filter(logits / temperature, top_k, top_p)
+          + gumbel_noise(seeds, n, salts), axis=-1, output_type=tf.int32))
 
-    false = tf.zeros([batch], tf.bool)
-    state = (tf.constant(0), tf.TensorArray(tf.int32, size=0, dynamic_size=True,
-                                            element_shape=tf.TensorShape([None])),
-             h, c, logits, false, false, tf.fill([batch], max_new_tokens),
-             tf.fill([batch], ""), tf.ones([batch], tf.bool))
-    n, out, *_, done, by_eos, ends, _, _ = tf.while_loop(
-        lambda n, out, h, c, logits, done, *_: (n < max_new_tokens) & ~tf.reduce_all(done),
-        body, state)
-    tokens = tf.cond(n > 0, lambda: tf.transpose(tf.reshape(out.stack(), [n, batch])),
-                     lambda: tf.zeros([batch, 0], tf.int32))  # (batch, n)
+    # The common cases get loops without branches in them: a tf.cond inside
+    # the loop cost more than the sampling itself (see bench_generate.py).
+    loop = lambda choose, **kw: lambda: self._decode(
+        logits, h, c, choose=choose, max_new_tokens=max_new_tokens,
+        stop_on_eos=stop_on_eos, **kw)
+    unfiltered = greedy | ((top_k <= 0) & (top_p >= 1.0))
+    mode = tf.where(has_strings, 3, tf.where(unfiltered, tf.where(greedy, 0, 1), 2))
+    tokens, n, done, by_eos, ends = tf.switch_case(mode, [
+        loop(greedy_choice), loop(sampled), loop(general),
+        loop(general, stop_strings=stop_strings, keep_bytes=keep_bytes)])
     text_lengths = ends - tf.cast(by_eos, tf.int32)
     text = self.tokenizer.decode(tf.RaggedTensor.from_tensor(tokens, lengths=text_lengths))
     text = tf.cond(has_strings, lambda: _cut_at_first(text, stop_strings), lambda: text)

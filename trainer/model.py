@@ -18,6 +18,7 @@ import keras
 import numpy as np
 
 from dataspec import export as export_lib
+from trainer import fused_lstm
 
 
 def model_spec_from_config(config, *, vocab_size: int, window_length: int) -> export_lib.ModelSpec:
@@ -31,10 +32,16 @@ def model_spec_from_config(config, *, vocab_size: int, window_length: int) -> ex
 
 
 def build_model(*, spec: export_lib.ModelSpec, dropout: float = 0.0,
-                embedding_dropout: float = 0.0,
-                recurrent_dropout: float = 0.0, seed: int = 0) -> keras.Model:
+                embedding_dropout: float = 0.0, recurrent_dropout: float = 0.0,
+                seed: int = 0, fused_cpu_lstm: bool = False) -> keras.Model:
   """The training model: int32 ids (batch, time) -> float32 logits
-  (batch, time, vocab_size). Call under the strategy's scope."""
+  (batch, time, vocab_size). Call under the strategy's scope.
+
+  fused_cpu_lstm: LSTM layers are fused_lstm.CpuLSTM (the same layer and
+  weights with a faster CPU loop; see fused_lstm.use_fused_cpu_path) rather
+  than keras.layers.LSTM (which a GPU runs as cuDNN).
+  """
+  lstm_class = fused_lstm.CpuLSTM if fused_cpu_lstm else keras.layers.LSTM
   ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
   if spec.tie_embeddings:
     # The reverse projection runs in float32 even under mixed_float16: a
@@ -48,9 +55,8 @@ def build_model(*, spec: export_lib.ModelSpec, dropout: float = 0.0,
   if embedding_dropout:
     x = keras.layers.Dropout(embedding_dropout, seed=seed, name="embedding_dropout")(x)
   for i in range(spec.num_layers):
-    x = keras.layers.LSTM(spec.units, return_sequences=True,
-                          recurrent_dropout=recurrent_dropout,
-                          seed=seed + 1 + i, name=f"lstm_{i}")(x)  # (batch, time, units)
+    x = lstm_class(spec.units, return_sequences=True, recurrent_dropout=recurrent_dropout,
+                   seed=seed + 1 + i, name=f"lstm_{i}")(x)  # (batch, time, units)
     if dropout:
       x = keras.layers.Dropout(dropout, seed=seed + 100 + i, name=f"dropout_{i}")(x)
   if spec.projection_dim:

@@ -22,6 +22,8 @@ from dataspec import vocab as vocab_lib
 from trainer import checkpoints
 from trainer import cluster
 from trainer import data
+from trainer import fused_lstm
+from trainer import heap
 from trainer import model as model_lib
 from trainer import optim
 
@@ -152,6 +154,11 @@ class Trainer:
                  self.replicas, type(self.strategy).__name__, config.batch_size,
                  config.batch_size // self.replicas, self.replicas,
                  self.steps_per_epoch, self.total_steps)
+    self.fused_cpu_lstm = fused_lstm.use_fused_cpu_path(
+        gpus=len(tf.config.list_logical_devices("GPU")),
+        recurrent_dropout=config.recurrent_dropout)
+    logging.info("LSTM layers: %s", "fused CPU path (trainer/fused_lstm.py)"
+                 if self.fused_cpu_lstm else "keras.layers.LSTM (cuDNN on GPU)")
     if config.recurrent_dropout and tf.config.list_physical_devices("GPU"):
       logging.warning("--recurrent_dropout > 0 disables the fused cuDNN LSTM "
                       "kernel: expect several times slower training on GPU")
@@ -164,7 +171,8 @@ class Trainer:
       self.model = model_lib.build_model(
           spec=self.spec, dropout=config.dropout,
           embedding_dropout=config.embedding_dropout,
-          recurrent_dropout=config.recurrent_dropout, seed=config.seed)
+          recurrent_dropout=config.recurrent_dropout, seed=config.seed,
+          fused_cpu_lstm=self.fused_cpu_lstm)
       self.optimizer, self.lr_schedule = optim.build_optimizer(
           config, total_steps=self.total_steps)
       self.optimizer.build(self.model.trainable_variables)
@@ -508,6 +516,7 @@ def _format_seconds(seconds: float) -> str:
 
 def run(config) -> dict:
   logging.info("The config:\n%s", json.dumps(config.to_json_dict(), indent=2))
+  heap.keep_freed_memory()
   trainer = Trainer(config)
   try:
     return trainer.run()
