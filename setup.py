@@ -38,6 +38,8 @@ setuptools.setup(
         "numpy>=2.4,<2.5",
         # TF 2.21 needs >=6.31.1, Beam 2.77 needs <7.
         "protobuf>=6.31.1,<7",
+        # --input_encoding=auto: per-file detection (see dataspec/textfiles.py).
+        "chardet>=7.7,<8",
     ],
     extras_require={
         "cpu": [f"tensorflow=={TF_VERSION}", TF_TEXT],

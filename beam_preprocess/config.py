@@ -3,6 +3,7 @@
 import dataclasses
 from typing import Tuple
 
+from dataspec import textfiles
 from dataspec import tokenizer
 
 SPLIT_MODES = ("hash", "tail")
@@ -35,6 +36,9 @@ class PreprocessConfig:
       --input is all train and validation_fraction must be 0), e.g. PTB's
       ptb.valid.txt.
     test_input: files that form a test split (not used for the vocabulary).
+    input_encoding: the text encoding of the input files: a Python codec
+      name (ASCII-compatible: utf-8, latin-1, cp1252, ...) or "auto"
+      (detected per file); text is re-encoded as UTF-8 when read.
   """
   input: Tuple[str, ...]
   output_dir: str
@@ -52,6 +56,7 @@ class PreprocessConfig:
   overwrite: bool = False
   validation_input: Tuple[str, ...] = ()
   test_input: Tuple[str, ...] = ()
+  input_encoding: str = "utf-8"
 
   def __post_init__(self):
     if not self.input:
@@ -85,6 +90,7 @@ class PreprocessConfig:
                        f"(got {self.validation_fraction})")
     if self.chunk_bytes < 4096:
       raise ValueError(f"--chunk_bytes must be at least 4096, got {self.chunk_bytes}")
+    object.__setattr__(self, "input_encoding", textfiles.check_encoding(self.input_encoding))
 
   @property
   def splits(self) -> Tuple[str, ...]:

@@ -26,6 +26,7 @@ class InputFile:
   size: int
   document_id: str  # path below the pattern's directory: stable across moves
   split: str = ""  # a fixed split (--validation_input, --test_input), or ""
+  encoding: str = "utf-8"  # its text encoding (set by the sniffing step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Chunk:
   end: int
   size: int
   first_in_split: bool  # counts the document once per split
+  encoding: str = "utf-8"  # the file's text encoding: read as UTF-8 after re-encoding
 
 
 def _base_dir(pattern: str) -> str:
@@ -56,7 +58,7 @@ def match_inputs(patterns: Sequence[str]) -> Tuple[List[InputFile], List[dict]]:
   A directory means every file below it; a file means itself.
 
   Returns:
-    (files with content, skipped empty files as {"path", "reason"}).
+    (files with content, skipped empty files as {"path", "reason", "bytes"}).
 
   Raises:
     FileNotFoundError: a pattern matched nothing.
@@ -93,7 +95,7 @@ def match_inputs(patterns: Sequence[str]) -> Tuple[List[InputFile], List[dict]]:
       seen.add(m.path)
       if m.size_in_bytes == 0:
         logging.warning("Skipping empty input file %s", m.path)
-        skipped.append({"path": m.path, "reason": "empty"})
+        skipped.append({"path": m.path, "reason": "empty", "bytes": 0})
         continue
       doc_id = posixpath.relpath(m.path, base) if base else m.path
       files.append(InputFile(path=m.path, size=m.size_in_bytes,
@@ -135,7 +137,7 @@ def plan_chunks(files: Sequence[InputFile], *, split_mode: str,
       for i, (start, end) in enumerate(zip(edges[:-1], edges[1:])):
         chunks.append(Chunk(path=f.path, document_id=f.document_id, split=split,
                             start=start, end=end, size=f.size,
-                            first_in_split=i == 0))
+                            first_in_split=i == 0, encoding=f.encoding))
   return chunks
 
 

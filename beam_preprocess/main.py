@@ -64,6 +64,11 @@ _VALIDATION_INPUT = flags.DEFINE_list(
     "validation_input", [], "Files that are the validation split, whole.", flag_values=FLAGS)
 _TEST_INPUT = flags.DEFINE_list(
     "test_input", [], "Files that are a test split, whole.", flag_values=FLAGS)
+_INPUT_ENCODING = flags.DEFINE_string(
+    "input_encoding", "utf-8",
+    "Text encoding of the input files: utf-8, any ASCII-compatible Python codec "
+    "(latin-1, cp1252, shift_jis, ...) or auto (detected per file by "
+    "chardet). Text is re-encoded as UTF-8.", flag_values=FLAGS)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a complete dataset.", flag_values=FLAGS)
 
 flags.mark_flags_as_required(["input", "output_dir"], flag_values=FLAGS)
@@ -119,7 +124,8 @@ def config_from_flags() -> config_lib.PreprocessConfig:
       seed=_SEED.value,
       overwrite=_OVERWRITE.value,
       validation_input=tuple(_VALIDATION_INPUT.value),
-      test_input=tuple(_TEST_INPUT.value))
+      test_input=tuple(_TEST_INPUT.value),
+      input_encoding=_INPUT_ENCODING.value)
 
 
 def main(argv):

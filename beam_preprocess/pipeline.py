@@ -15,6 +15,8 @@ from typing import Dict, List, Sequence
 
 from absl import logging
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_preprocess import config as config_lib
@@ -25,6 +27,7 @@ from dataspec import metadata as metadata_lib
 from dataspec import paths
 from dataspec import schema
 from dataspec import storage
+from dataspec import textfiles
 from dataspec import tokenizer as tokenizer_lib
 from dataspec import vocab as vocab_lib
 
@@ -32,6 +35,35 @@ from dataspec import vocab as vocab_lib
 _OUTPUT_PATTERNS = ("train-*.tfrecord*", "validation-*.tfrecord*",
                     "test-*.tfrecord*", "*-documents.jsonl",
                     "vocab.txt", "metadata.json", "config.json")
+
+
+# Up to this many documents, a hash split is checked without the binary files
+# (reading each file's head in this process) before the pipeline starts.
+MAX_FILES_SNIFFED_UP_FRONT = 1000
+
+
+def _looks_binary(path: str, encoding: str) -> bool:
+  """What the pipeline's SniffFiles step will decide for `path`."""
+  auto = encoding == textfiles.AUTO
+  with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    head = f.read(textfiles.DETECT_BYTES if auto else textfiles.SNIFF_BYTES)
+  if auto:
+    encoding = textfiles.detect_encoding(head)
+  return encoding is None or textfiles.looks_binary(head[:textfiles.SNIFF_BYTES], encoding)
+
+
+def skipped_summary(skipped: Sequence[dict], total_bytes: int) -> str:
+  """The end-of-run line about binary inputs ("" if none were skipped)."""
+  binary = sorted((s for s in skipped if s.get("reason") == "binary"),
+                  key=lambda s: -s.get("bytes", 0))
+  if not binary:
+    return ""
+  size = sum(s.get("bytes", 0) for s in binary)
+  names = ", ".join(s["path"] for s in binary[:3]) + (", ..." if len(binary) > 3 else "")
+  return (f"Skipped {len(binary)} binary file(s), {size:,} bytes = "
+          f"{100 * size / max(total_bytes, 1):.1f}% of the input, not trained on "
+          f"(largest: {names}; all in metadata.json skipped_files). A text file "
+          "in another encoding is not binary: pass --input_encoding")
 
 
 def check_inputs(config: config_lib.PreprocessConfig):
@@ -55,6 +87,9 @@ def check_inputs(config: config_lib.PreprocessConfig):
         f"{config.window_length + 1} tokens)")
   if config.split_mode == "hash" and config.validation_fraction > 0:
     free = [f for f in files if not f.split]
+    if len(free) <= MAX_FILES_SNIFFED_UP_FRONT:
+      # Binary files are skipped later, in the pipeline: count without them.
+      free = [f for f in free if not _looks_binary(f.path, config.input_encoding)]
     num_val = sum(inputs.hash_fraction(f.document_id) < config.validation_fraction
                   for f in free)
     if num_val == 0 or num_val == len(free):
@@ -62,7 +97,7 @@ def check_inputs(config: config_lib.PreprocessConfig):
       raise ValueError(
           f"--split_mode=hash with --validation_fraction="
           f"{config.validation_fraction} leaves the {which} split empty: "
-          f"{len(files)} document(s) are split whole by a hash of their name. "
+          f"{len(free)} document(s) are split whole by a hash of their name. "
           "Use --split_mode=tail to split every document by position, or "
           "--validation_fraction=0.")
   return files, skipped
@@ -91,8 +126,9 @@ def prepare_output_dir(config: config_lib.PreprocessConfig):
 
 def write_documents(config: config_lib.PreprocessConfig, ranges: Sequence[dict]) -> Dict[str, str]:
   """Writes <split>-documents.jsonl for each held-out split: one line per
-  document, {"path", "document_id", "start", "end", "size"}, the byte range
-  of the document that is in the split. Returns {split: file name}."""
+  document, {"path", "document_id", "start", "end", "size", "encoding"}, the
+  byte range of the document that is in the split and the file's text
+  encoding. Returns {split: file name}."""
   by_split = {}
   for r in ranges:
     key = (r["split"], r["path"])
@@ -102,8 +138,8 @@ def write_documents(config: config_lib.PreprocessConfig, ranges: Sequence[dict])
   names = {}
   for split, documents in by_split.items():
     dp = paths.DatasetPaths(config.output_dir)
-    lines = [json.dumps({k: d[k] for k in ("path", "document_id", "start", "end", "size")},
-                        sort_keys=True)
+    lines = [json.dumps({k: d[k] for k in ("path", "document_id", "start", "end", "size",
+                                           "encoding")}, sort_keys=True)
              for _, d in sorted(documents.items())]
     storage.write_text(dp.documents(split), "".join(l + "\n" for l in lines))
     names[split] = storage.basename(dp.documents(split))
@@ -130,6 +166,16 @@ def finalize(_, *, config: config_lib.PreprocessConfig, vocab: List[str],
     raise ValueError(
         f"No training windows: --window_length={config.window_length} is "
         "longer than every training document (or chunk)")
+  if ("validation" in config.splits and config.split_mode == "hash"
+      and splits["validation"].documents == 0):
+    binary = sum(s.get("reason") == "binary" for s in skipped)
+    raise ValueError(
+        f"No validation windows: no document hashed into the validation split "
+        f"(--split_mode=hash, --validation_fraction={config.validation_fraction}; "
+        f"{splits['train'].documents} document(s) remained"
+        + (f" after {binary} binary file(s) were skipped" if binary else "") +
+        "). Use --split_mode=tail, a larger --validation_fraction or "
+        "--validation_input")
   if "validation" in config.splits and splits["validation"].windows == 0:
     raise ValueError(
         f"No validation windows: the validation part of the corpus is shorter "
@@ -165,7 +211,8 @@ def build_pipeline(p: beam.Pipeline, *, config: config_lib.PreprocessConfig,
   """Adds the preprocessing steps to pipeline `p`."""
   sniffed = (p
              | "Files" >> beam.Create(list(files))
-             | "Sniff" >> beam.ParDo(transforms.SniffFiles()).with_outputs(
+             | "Sniff" >> beam.ParDo(transforms.SniffFiles(
+                 encoding=config.input_encoding)).with_outputs(
                  transforms.SniffFiles.SKIPPED, main="text"))
   chunks = (sniffed.text
             | "Plan" >> beam.FlatMap(lambda f: inputs.plan_chunks(
@@ -265,4 +312,7 @@ def run(config: config_lib.PreprocessConfig, *,
     logging.info("%s: %d documents, %d tokens, %d windows in %d shard(s), "
                  "%d unknown, %d dropped", split, s.documents, s.tokens,
                  s.windows, s.shards, s.unknown_tokens, s.dropped_tokens)
+  summary = skipped_summary(metadata.skipped_files, sum(f.size for f in files))
+  if summary:
+    logging.warning(summary)
   return metadata

@@ -7,6 +7,7 @@ and once to encode them, rather than keeping their text between stages.
 """
 
 import collections
+import dataclasses
 import uuid
 import zlib
 from typing import Dict, Iterable
@@ -30,8 +31,8 @@ STATS_KEYS = ("documents", "tokens", "windows", "dropped_tokens",
 
 
 def read_chunk(chunk: inputs.Chunk) -> bytes:
-  """The bytes of `chunk` between its line-aligned boundaries."""
-  return read_chunk_range(chunk)[0]
+  """The text of `chunk` between its line-aligned boundaries, as UTF-8."""
+  return textfiles.to_utf8(read_chunk_range(chunk)[0], chunk.encoding)[0]
 
 
 def read_chunk_range(chunk: inputs.Chunk):
@@ -46,24 +47,32 @@ def read_chunk_range(chunk: inputs.Chunk):
 
 
 class SniffFiles(beam.DoFn):
-  """Drops files that look binary (counted, logged, reported in metadata)."""
+  """Gives each file its text encoding (--input_encoding, or detected from its
+  head for "auto") and drops files that look binary in it (counted, logged,
+  reported in metadata)."""
   SKIPPED = "skipped"
 
-  def __init__(self):
+  def __init__(self, *, encoding: str = textfiles.UTF8):
+    self._encoding = encoding
     self._skipped = Metrics.counter(_NAMESPACE, "skipped_files")
 
   def process(self, f: inputs.InputFile):
+    auto = self._encoding == textfiles.AUTO
     with FileSystems.open(f.path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-      head = handle.read(textfiles.SNIFF_BYTES)
-    if textfiles.looks_binary(head):
+      head = handle.read(textfiles.DETECT_BYTES if auto else textfiles.SNIFF_BYTES)
+    encoding = textfiles.detect_encoding(head) if auto else self._encoding
+    if encoding is None or textfiles.looks_binary(head[:textfiles.SNIFF_BYTES], encoding):
       from absl import logging  # pylint: disable=g-import-not-at-top
-      logging.warning("Skipping %s: binary content (NUL bytes or mostly "
-                      "invalid UTF-8)", f.path)
+      logging.warning("Skipping %s: binary content (NUL bytes, or mostly not "
+                      "text in %s)", f.path, encoding or "any text encoding")
       self._skipped.inc()
-      yield beam.pvalue.TaggedOutput(self.SKIPPED,
-                                     {"path": f.path, "reason": "binary"})
+      yield beam.pvalue.TaggedOutput(self.SKIPPED, {"path": f.path, "reason": "binary",
+                                                    "bytes": f.size})
       return
-    yield f
+    if auto:
+      from absl import logging  # pylint: disable=g-import-not-at-top
+      logging.info("%s: %s", f.path, encoding)
+    yield dataclasses.replace(f, encoding=encoding)
 
 
 class _MergeCounts(beam.CombineFn):
@@ -162,15 +171,17 @@ class EncodeChunk(beam.DoFn):
     if chunk.split != "train" and end > start:
       yield beam.pvalue.TaggedOutput(self.RANGES, {
           "split": chunk.split, "path": chunk.path, "document_id": chunk.document_id,
-          "start": start, "end": end, "size": chunk.size})
+          "start": start, "end": end, "size": chunk.size, "encoding": chunk.encoding})
+    invalid = 0
+    if chunk.encoding != textfiles.UTF8:
+      data, invalid = textfiles.to_utf8(data, chunk.encoding)
+    elif self._spec.type != "byte":
+      invalid = textfiles.invalid_utf8(data)
     ids = tok.encode_bytes(data)  # (num_tokens,)
     windows = schema.window_ids(ids, window_length=self._window_length,
                                 stride=self._stride)  # (num_windows, L+1)
     covered = schema.covered_tokens(len(ids), window_length=self._window_length,
                                     stride=self._stride)
-    invalid = 0
-    if self._spec.type != "byte":
-      invalid = textfiles.invalid_utf8(data)
     stats = {
         "documents": int(chunk.first_in_split),
         "tokens": len(ids),

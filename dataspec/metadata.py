@@ -32,7 +32,8 @@ class SplitStats:
     dropped_tokens: tokens in no window (the tail of each chunk shorter than a
       window, and documents shorter than one window).
     unknown_tokens: tokens mapped to <unk>.
-    invalid_utf8: U+FFFD replacements made for bytes that were not UTF-8.
+    invalid_utf8: U+FFFD replacements made for bytes that did not decode (as
+      UTF-8, or as --input_encoding).
     chunks: byte-range chunks the split was processed in.
     bytes: bytes of input text in the split (what bits per byte divide by).
     shards: number of TFRecord files.
@@ -70,7 +71,8 @@ class DatasetMetadata:
     split_mode: "hash" or "tail".
     validation_fraction: the requested fraction.
     splits: SplitStats per split name.
-    skipped_files: {"path", "reason"} for inputs that were not used.
+    skipped_files: {"path", "reason" ("empty" or "binary"), "bytes"} for
+      inputs that were not used ("bytes" missing in datasets written before).
     inputs: the --input patterns.
   """
   schema_version: int

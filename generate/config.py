@@ -3,6 +3,8 @@
 import dataclasses
 from typing import Optional, Tuple
 
+from dataspec import textfiles
+
 
 @dataclasses.dataclass(frozen=True)
 class GenerateConfig:
@@ -98,6 +100,9 @@ class EvalConfig:
     chunk_tokens: tokens of each document per model call (at most; lowered
       for large vocabularies so that one call's logits stay under 64 MB).
     progress_seconds: seconds between progress lines.
+    input_encoding: text encoding of `input` files (as textgen-preprocess's
+      flag: a codec name or "auto"); a dataset's split uses the encodings
+      preprocessing recorded.
   """
   model_dir: str
   output: str
@@ -107,10 +112,12 @@ class EvalConfig:
   batch_size: int = 16
   chunk_tokens: int = 512
   progress_seconds: float = 30.0
+  input_encoding: str = "utf-8"
 
   def __post_init__(self):
     if not self.model_dir:
       raise ValueError("--model_dir is required")
+    object.__setattr__(self, "input_encoding", textfiles.check_encoding(self.input_encoding))
     if not self.output:
       raise ValueError("--output is required")
     if bool(self.input) == bool(self.dataset_dir):

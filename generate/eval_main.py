@@ -42,6 +42,10 @@ _CHUNK_TOKENS = flags.DEFINE_integer("chunk_tokens", 512, "Tokens per document p
 _PROGRESS_SECONDS = flags.DEFINE_float("progress_seconds", 30, "Seconds between progress lines.",
                                        flag_values=FLAGS)
 
+_INPUT_ENCODING = flags.DEFINE_string(
+    "input_encoding", "utf-8", "Text encoding of --input files: utf-8, an ASCII-compatible "
+    "Python codec (latin-1, cp1252, ...) or auto (detected per file).", flag_values=FLAGS)
+
 flags.mark_flags_as_required(["model_dir", "output"], flag_values=FLAGS)
 
 
@@ -50,7 +54,7 @@ def config_from_flags() -> config_lib.EvalConfig:
       model_dir=_MODEL_DIR.value, output=_OUTPUT.value, input=tuple(_INPUT.value),
       dataset_dir=_DATASET_DIR.value, split=_SPLIT.value,
       batch_size=_BATCH_SIZE.value, chunk_tokens=_CHUNK_TOKENS.value,
-      progress_seconds=_PROGRESS_SECONDS.value)
+      progress_seconds=_PROGRESS_SECONDS.value, input_encoding=_INPUT_ENCODING.value)
 
 
 def parse_flags(argv):

@@ -40,11 +40,13 @@ MAX_LOGITS_BYTES = 64 << 20  # one call's logits (batch, chunk, vocab) float32
 
 @dataclasses.dataclass(frozen=True)
 class Document:
-  """A byte range [start, end) of a file to score whole."""
+  """A byte range [start, end) of a file to score whole, and the file's text
+  encoding ("auto": detected when it is opened)."""
   path: str
   start: int
   end: int
   size: int
+  encoding: str = textfiles.UTF8
 
 
 class _Stream:
@@ -81,9 +83,13 @@ class _Stream:
           self._pending + data, force=len(self._pending) > MAX_LINE_BYTES)
     if not block:
       return
-    self.stats["bytes"] += len(block)
+    if self.doc.encoding != textfiles.UTF8:
+      block, invalid = textfiles.to_utf8(block, self.doc.encoding)
+    elif self._count_invalid:
+      invalid = textfiles.invalid_utf8(block)
+    self.stats["bytes"] += len(block)  # of UTF-8 text: what bits per byte divide by
     if self._count_invalid:
-      self.stats["invalid_utf8"] += textfiles.invalid_utf8(block)
+      self.stats["invalid_utf8"] += invalid
     ids = self._model.tokenize(tf.constant([block])).flat_values.numpy()
     if len(ids):
       self._ids.append(ids)
@@ -125,8 +131,8 @@ def _summary(stats: dict) -> dict:
   }
 
 
-def documents_from_inputs(patterns) -> List[Document]:
-  """Every file the --input patterns name, whole.
+def documents_from_inputs(patterns, encoding: str = textfiles.UTF8) -> List[Document]:
+  """Every file the --input patterns name, whole, in `encoding`.
 
   Raises:
     FileNotFoundError: a pattern matched nothing.
@@ -140,7 +146,7 @@ def documents_from_inputs(patterns) -> List[Document]:
       if path not in seen:
         seen.add(path)
         size = storage.size(path)
-        docs.append(Document(path, 0, size, size))
+        docs.append(Document(path, 0, size, size, encoding))
   return docs
 
 
@@ -174,7 +180,8 @@ def documents_from_dataset(dataset_dir: str, split: str) -> List[Document]:
       raise ValueError(
           f"{path} line {number}: {record['path']} has {now} bytes, "
           f"{record['size']} when it was preprocessed: it changed since")
-    docs.append(Document(record["path"], record["start"], record["end"], record["size"]))
+    docs.append(Document(record["path"], record["start"], record["end"], record["size"],
+                         record.get("encoding", textfiles.UTF8)))
   return docs
 
 
@@ -211,14 +218,17 @@ def _open_next(docs: Iterator[Document], model, count_invalid, skipped):
       skipped.append({"path": doc.path, "reason": "empty"})
       logging.warning("Skipping empty file %s", doc.path)
       continue
+    auto = doc.encoding == textfiles.AUTO
     with storage.open_read(doc.path, start=doc.start) as f:
-      head = f.read(min(textfiles.SNIFF_BYTES, doc.end - doc.start))
-    if textfiles.looks_binary(head):
+      head = f.read(min(textfiles.DETECT_BYTES if auto else textfiles.SNIFF_BYTES,
+                        doc.end - doc.start))
+    encoding = textfiles.detect_encoding(head) if auto else doc.encoding
+    if encoding is None or textfiles.looks_binary(head[:textfiles.SNIFF_BYTES], encoding):
       skipped.append({"path": doc.path, "reason": "binary"})
-      logging.warning("Skipping %s: binary content (NUL bytes or mostly "
-                      "invalid UTF-8)", doc.path)
+      logging.warning("Skipping %s: binary content (NUL bytes, or mostly not "
+                      "text in %s)", doc.path, encoding or "any text encoding")
       continue
-    return _Stream(doc, model, count_invalid)
+    return _Stream(dataclasses.replace(doc, encoding=encoding), model, count_invalid)
   return None
 
 
@@ -309,7 +319,7 @@ def run(config) -> dict:
   # Every check before any work: the export, the documents, the output.
   export_lib.check_complete(export_dir, flag="model_dir", given=config.model_dir)
   if config.input:
-    docs = documents_from_inputs(config.input)
+    docs = documents_from_inputs(config.input, config.input_encoding)
     source = {"input": list(config.input)}
   else:
     docs = documents_from_dataset(config.dataset_dir, config.split)

@@ -13,3 +13,13 @@ def shakespeare_text(num_bytes: int) -> str:
   with open(SHAKESPEARE, "rb") as f:
     data = f.read(num_bytes)
   return data[:data.rfind(b"\n") + 1].decode("utf-8")
+
+
+# Pascal, Pensées (public domain): French whose accents an encoding detector
+# can tell apart (a few accents in repeated English text are not enough).
+FRENCH = ("Le cœur a ses raisons que la raison ne connaît point ; on le sait en "
+          "mille choses. Je dis que le cœur aime l'être universel naturellement, "
+          "et soi-même naturellement, selon qu'il s'y adonne ; et il se durcit "
+          "contre l'un ou l'autre, à son choix. Vous avez rejeté l'un et conservé "
+          "l'autre : est-ce par raison que vous vous aimez ? Été, hiver, père, "
+          "mère, très, déjà, où, garçon, français.\n") * 20

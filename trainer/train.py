@@ -291,8 +291,14 @@ class Trainer:
     it = iter(self.strategy.distribute_datasets_from_function(fn))
     loss_sum, correct, count = [float(v) for v in self._eval_loop(it, tf.constant(steps))]
     loss = loss_sum / count
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50)),
-            "accuracy": correct / count}
+    result = {"loss": loss, "perplexity": math.exp(min(loss, 50)),
+              "accuracy": correct / count}
+    stats = self.meta.splits[split]
+    if stats.bytes and stats.tokens:
+      # Bits per UTF-8 byte, the unit that compares tokenizers: the windows'
+      # mean loss per token times the split's tokens per byte.
+      result["bits_per_byte"] = loss / math.log(2) * stats.tokens / stats.bytes
+    return result
 
   # ---- the loop ------------------------------------------------------------
 
@@ -437,8 +443,10 @@ class Trainer:
     result = self.evaluate()
     if not result:
       return result
-    logging.info("step %d validation loss %.4f ppl %.2f acc %.3f", step,
-                 result["loss"], result["perplexity"], result["accuracy"])
+    logging.info("step %d validation loss %.4f ppl %.2f acc %.3f%s", step,
+                 result["loss"], result["perplexity"], result["accuracy"],
+                 f" bits/byte {result['bits_per_byte']:.4f}"
+                 if "bits_per_byte" in result else "")
     with writer.as_default(step=step):
       for k, v in result.items():
         tf.summary.scalar(k, v)

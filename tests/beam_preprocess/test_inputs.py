@@ -73,7 +73,7 @@ def test_match_inputs_errors_and_document_ids(tmp_path):
   (tmp_path / "empty.txt").write_text("")
   files, skipped = inputs.match_inputs([str(tmp_path)])
   assert sorted(f.document_id for f in files) == ["a.txt", "sub/b.txt"]
-  assert skipped == [{"path": str(tmp_path / "empty.txt"), "reason": "empty"}]
+  assert skipped == [{"path": str(tmp_path / "empty.txt"), "reason": "empty", "bytes": 0}]
   files, _ = inputs.match_inputs([str(tmp_path / "*.txt")])
   assert [f.document_id for f in files] == ["a.txt"]
   with pytest.raises(ValueError, match="every matched file is empty"):

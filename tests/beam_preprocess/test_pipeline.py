@@ -1,6 +1,7 @@
 """The whole pipeline on DirectRunner: outputs decode to exactly the windows."""
 
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from beam_preprocess import transforms
 from dataspec import metadata as M
 from dataspec import schema
 from dataspec import tokenizer as T
-from testutil import BEAM_ARGS, REPO, shakespeare_text
+from testutil import BEAM_ARGS, FRENCH, REPO, shakespeare_text
 
 
 def read_split(dataset_dir, meta, split):
@@ -96,10 +97,60 @@ def test_binary_empty_and_invalid_utf8_inputs(tmp_path):
                  validation_fraction=0.1)
   reasons = {os.path.basename(s["path"]): s["reason"] for s in meta.skipped_files}
   assert reasons == {"empty.txt": "empty", "image.png": "binary"}
+  total = sum(os.path.getsize(p) for p in corpus.iterdir())
+  summary = pipeline.skipped_summary(meta.skipped_files, total)
+  assert summary.startswith(f"Skipped 1 binary file(s), 3,014 bytes = "
+                            f"{100 * 3014 / total:.1f}% of the input")
+  assert "image.png" in summary and "--input_encoding" in summary
   # latin-1 bytes are not UTF-8: replaced by U+FFFD and counted.
   invalid = sum(s.invalid_utf8 for s in meta.splits.values())
   assert invalid == 80
   assert meta.splits["train"].documents == 2
+
+
+def test_hash_split_emptied_by_a_binary_file_names_the_cause(tmp_path, monkeypatch):
+  """The only document that hashes into validation is binary: refused up
+  front, and (with more files than are sniffed up front) at the end with the
+  cause named, never with a complete-looking output."""
+  names = [f"doc{i:02d}.txt" for i in range(40)]
+  to_val = [n for n in names if inputs.hash_fraction(n) < 0.2]
+  to_train = [n for n in names if inputs.hash_fraction(n) >= 0.2]
+  corpus = tmp_path / "c"
+  corpus.mkdir()
+  (corpus / to_val[0]).write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00" + os.urandom(2000))
+  for i, name in enumerate(to_train[:3]):
+    (corpus / name).write_text(shakespeare_text(3000 * (i + 1))[3000 * i:])
+  kw = dict(window_length=16, split_mode="hash", validation_fraction=0.2)
+  with pytest.raises(ValueError, match="leaves the validation split empty: 3 document"):
+    _run(tmp_path, corpus, **kw)
+  monkeypatch.setattr(pipeline, "MAX_FILES_SNIFFED_UP_FRONT", 0)
+  with pytest.raises(Exception, match="no document hashed into the validation split.*"
+                     "3 document.*after 1 binary file"):
+    _run(tmp_path, corpus, **kw)
+  assert not os.path.exists(tmp_path / "out" / "COMPLETED")
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "auto"])
+def test_input_encoding(tmp_path, encoding):
+  """A Latin-1 corpus read as Latin-1 (named or detected): its text, no
+  replacements, UTF-8 byte counts; binaries still skipped; the held-out
+  documents list records the encoding for textgen-eval."""
+  corpus = tmp_path / "c"
+  corpus.mkdir()
+  text = FRENCH.replace("œ", "oe")
+  (corpus / "latin1.txt").write_bytes(text.encode("latin-1"))
+  (corpus / "image.png").write_bytes(bytes.fromhex("89504e470d0a1a0a0000000d4948") +
+                                     os.urandom(3000))
+  _, meta = _run(tmp_path, corpus, window_length=16, split_mode="tail",
+                 validation_fraction=0.1, input_encoding=encoding)
+  assert [s["reason"] for s in meta.skipped_files] == ["binary"]
+  assert sum(s.invalid_utf8 for s in meta.splits.values()) == 0
+  assert sum(s.bytes for s in meta.splits.values()) == len(text.encode("utf-8"))
+  vocab = M.load_vocab_for(str(tmp_path / "out"), meta)
+  assert {"é", "è", "ç", "à", "ê", "î", "É"} <= set(vocab)
+  documents = [json.loads(l) for l in open(tmp_path / "out" / meta.splits["validation"].documents_file)]
+  assert documents[0]["encoding"] in (("iso8859-1",) if encoding != "auto" else
+                                      ("iso8859-1", "iso8859-15", "cp1252"))
 
 
 def test_single_50mb_line_is_processed_in_chunks(tmp_path):
@@ -129,6 +180,8 @@ def test_bad_inputs_fail_before_work(tmp_path, tiny_corpus):
   for bad in (1.0, -0.1):
     with pytest.raises(ValueError, match="--validation_fraction"):
       _run(tmp_path, tiny_corpus, validation_fraction=bad)
+  with pytest.raises(ValueError, match="--input_encoding=utf-16: not ASCII-compatible"):
+    _run(tmp_path, tiny_corpus, input_encoding="utf-16")
   single = tiny_corpus / "doc0.txt"
   with pytest.raises(ValueError, match="--split_mode=tail"):
     _run(tmp_path, single, split_mode="hash", validation_fraction=0.1)

@@ -18,6 +18,7 @@ from dataspec import serving
 from generate import config as config_lib
 from generate import eval_main
 from generate import evaluate
+from testutil import FRENCH
 
 
 def _config(model_dir, output, **kw):
@@ -87,6 +88,23 @@ def test_empty_binary_and_non_utf8_files(tiny_run, tmp_path):
   assert by_name["latin1.txt"]["invalid_utf8"] == 6  # é and ï, three times
   assert by_name["ok.txt"]["invalid_utf8"] == 0
   assert report["total"]["invalid_utf8"] == 6
+
+
+@pytest.mark.parametrize("encoding", ["cp1252", "auto"])
+def test_input_encoding(tiny_run, tmp_path, encoding):
+  """A cp1252 file scored as cp1252 scores as its UTF-8 copy does."""
+  text = FRENCH  # with œ, which only cp1252 of the Latin-1 family has
+  (tmp_path / "utf8").mkdir()
+  (tmp_path / "cp").mkdir()
+  (tmp_path / "utf8" / "a.txt").write_text(text, encoding="utf-8")
+  (tmp_path / "cp" / "a.txt").write_bytes(text.encode("cp1252"))
+  want = evaluate.run(_config(tiny_run[0], tmp_path / "u.json",
+                              input=(str(tmp_path / "utf8"),)))["total"]
+  got = evaluate.run(_config(tiny_run[0], tmp_path / "c.json", input=(str(tmp_path / "cp"),),
+                             input_encoding=encoding))["total"]
+  assert got["bytes"] == want["bytes"] == len(text.encode("utf-8"))
+  assert got["tokens"] == want["tokens"] and got["invalid_utf8"] == 0
+  assert got["nll"] == pytest.approx(want["nll"], rel=1e-6)
 
 
 def test_bad_input_fails_before_any_work(tiny_run, tiny_dataset, tmp_path):

@@ -145,6 +145,12 @@ def test_test_split_is_evaluated_at_export(tmp_path):
   assert result["test"]["perplexity"] == pytest.approx(np.exp(result["test"]["loss"]))
   training = json.load(open(tmp_path / "m" / "export" / "training.json"))
   assert training["test"]["loss"] == result["test"]["loss"]
+  # Bits per UTF-8 byte: nats per token -> bits, times the split's tokens per byte.
+  test = M.load_dataset_metadata(str(data_dir)).splits["test"]
+  assert test.bytes > 0
+  assert training["test"]["bits_per_byte"] == pytest.approx(
+      result["test"]["loss"] / np.log(2) * test.tokens / test.bytes)
+  assert training["validation"]["bits_per_byte"] > 0
 
 
 def test_mixed_precision_path_trains(tiny_dataset, tmp_path):
