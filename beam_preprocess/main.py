@@ -18,7 +18,6 @@ the default is one worker thread per CPU; `--direct_num_workers` and
 import argparse
 import functools
 
-from absl import app
 from absl import flags
 
 from beam_preprocess import config as config_lib
@@ -129,10 +128,7 @@ def config_from_flags() -> config_lib.PreprocessConfig:
 
 
 def main(argv):
-  try:
-    config = config_from_flags()
-  except ValueError as err:
-    raise app.UsageError(str(err))
+  config = cli.job_config(config_from_flags)  # argv[1:]: Beam's options
   pipeline.run(config, pipeline_args=argv[1:])
 
 

@@ -15,8 +15,6 @@ from typing import Dict, List, Sequence
 
 from absl import logging
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_preprocess import config as config_lib
@@ -27,7 +25,6 @@ from dataspec import metadata as metadata_lib
 from dataspec import paths
 from dataspec import schema
 from dataspec import storage
-from dataspec import textfiles
 from dataspec import tokenizer as tokenizer_lib
 from dataspec import vocab as vocab_lib
 
@@ -40,16 +37,6 @@ _OUTPUT_PATTERNS = ("train-*.tfrecord*", "validation-*.tfrecord*",
 # Up to this many documents, a hash split is checked without the binary files
 # (reading each file's head in this process) before the pipeline starts.
 MAX_FILES_SNIFFED_UP_FRONT = 1000
-
-
-def _looks_binary(path: str, encoding: str) -> bool:
-  """What the pipeline's SniffFiles step will decide for `path`."""
-  auto = encoding == textfiles.AUTO
-  with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-    head = f.read(textfiles.DETECT_BYTES if auto else textfiles.SNIFF_BYTES)
-  if auto:
-    encoding = textfiles.detect_encoding(head)
-  return encoding is None or textfiles.looks_binary(head[:textfiles.SNIFF_BYTES], encoding)
 
 
 def skipped_summary(skipped: Sequence[dict], total_bytes: int) -> str:
@@ -89,7 +76,8 @@ def check_inputs(config: config_lib.PreprocessConfig):
     free = [f for f in files if not f.split]
     if len(free) <= MAX_FILES_SNIFFED_UP_FRONT:
       # Binary files are skipped later, in the pipeline: count without them.
-      free = [f for f in free if not _looks_binary(f.path, config.input_encoding)]
+      free = [f for f in free
+              if transforms.file_encoding(f.path, config.input_encoding) is not None]
     num_val = sum(inputs.hash_fraction(f.document_id) < config.validation_fraction
                   for f in free)
     if num_val == 0 or num_val == len(free):

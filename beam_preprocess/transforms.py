@@ -46,6 +46,12 @@ def read_chunk_range(chunk: inputs.Chunk):
     return f.read(end - start), start, end
 
 
+def file_encoding(path: str, encoding: str):
+  """textfiles.text_encoding of the file at `path`: None if it is binary."""
+  with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+    return textfiles.text_encoding(handle.read(textfiles.head_bytes(encoding)), encoding)
+
+
 class SniffFiles(beam.DoFn):
   """Gives each file its text encoding (--input_encoding, or detected from its
   head for "auto") and drops files that look binary in it (counted, logged,
@@ -57,19 +63,15 @@ class SniffFiles(beam.DoFn):
     self._skipped = Metrics.counter(_NAMESPACE, "skipped_files")
 
   def process(self, f: inputs.InputFile):
-    auto = self._encoding == textfiles.AUTO
-    with FileSystems.open(f.path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-      head = handle.read(textfiles.DETECT_BYTES if auto else textfiles.SNIFF_BYTES)
-    encoding = textfiles.detect_encoding(head) if auto else self._encoding
-    if encoding is None or textfiles.looks_binary(head[:textfiles.SNIFF_BYTES], encoding):
+    encoding = file_encoding(f.path, self._encoding)
+    if encoding is None:
       from absl import logging  # pylint: disable=g-import-not-at-top
-      logging.warning("Skipping %s: binary content (NUL bytes, or mostly not "
-                      "text in %s)", f.path, encoding or "any text encoding")
+      logging.warning("Skipping %s: %s", f.path, textfiles.describe_binary(self._encoding))
       self._skipped.inc()
       yield beam.pvalue.TaggedOutput(self.SKIPPED, {"path": f.path, "reason": "binary",
                                                     "bytes": f.size})
       return
-    if auto:
+    if self._encoding == textfiles.AUTO:
       from absl import logging  # pylint: disable=g-import-not-at-top
       logging.info("%s: %s", f.path, encoding)
     yield dataclasses.replace(f, encoding=encoding)

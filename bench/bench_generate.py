@@ -28,9 +28,7 @@ ratios and each one's peak RSS (and RSS after start-up, before the model).
 
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 
@@ -41,6 +39,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import machine  # pylint: disable=wrong-import-position
 
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved rounds.")
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 256, "Decoded tokens per measurement.")
@@ -55,10 +54,6 @@ EMBEDDING, UNITS, LAYERS, WINDOW = 64, 256, 2, 128
 
 def corpus() -> str:
   return open(os.path.join(REPO, "data", "tinyshakespeare.txt"), encoding="utf-8").read()
-
-
-def rss_mb() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def best_of(fn, times=3) -> float:
@@ -78,7 +73,7 @@ def work_ours(batch, new_tokens):
   from dataspec import serving  # pylint: disable=g-import-not-at-top
   from dataspec import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   from dataspec import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
-  start_rss = rss_mb()
+  start_rss = machine.peak_rss_mb()
   text = corpus()
   tok_spec = tokenizer_lib.TokenizerSpec(type="char")
   vocab = vocab_lib.select_vocab(
@@ -110,7 +105,7 @@ def work_ours(batch, new_tokens):
 def work_keras(batch, new_tokens):
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  start_rss = rss_mb()
+  start_rss = machine.peak_rss_mb()
   vocab = len(set(corpus())) + 3
   embedding = keras.layers.Embedding(vocab, EMBEDDING)
   cells = [keras.layers.LSTMCell(UNITS) for _ in range(LAYERS)]
@@ -143,7 +138,7 @@ def work_torch(batch, new_tokens):
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(os.cpu_count())
   torch.manual_seed(0)
-  start_rss = rss_mb()
+  start_rss = machine.peak_rss_mb()
   vocab = len(set(corpus())) + 3
   embedding = torch.nn.Embedding(vocab, EMBEDDING)
   lstm = torch.nn.LSTM(EMBEDDING, UNITS, num_layers=LAYERS, batch_first=True)
@@ -175,7 +170,7 @@ def work_torch(batch, new_tokens):
 
 def work_tutorial(batch, new_tokens):
   import tutorial  # pylint: disable=g-import-not-at-top
-  start_rss = rss_mb()
+  start_rss = machine.peak_rss_mb()
   vocab = len(set(corpus())) + 3
   model = tutorial.tutorial_model(vocab=vocab, window=WINDOW, embedding=EMBEDDING,
                                      units=UNITS, layers=LAYERS)
@@ -195,21 +190,15 @@ WORKERS = {"ours": work_ours, "keras": work_keras, "torch": work_torch,
 
 def run_worker(impl, batch):
   tokens = _TUTORIAL_TOKENS.value if impl == "tutorial" else _NEW_TOKENS.value
-  out = subprocess.run(
-      [sys.executable, os.path.abspath(__file__), f"--worker={impl}", f"--batch={batch}",
-       f"--new_tokens={tokens}"],
-      capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-  if out.returncode:
-    raise RuntimeError(f"{impl} at batch {batch} failed:\n{out.stderr[-3000:]}")
-  return json.loads(out.stdout.strip().splitlines()[-1])
+  return machine.run_worker(__file__, f"--worker={impl}", f"--batch={batch}",
+                            f"--new_tokens={tokens}")
 
 
 def main(_):
   if _WORKER.value:
     result = WORKERS[_WORKER.value](_BATCH.value, _NEW_TOKENS.value)
-    print(json.dumps(dict(result, peak_rss_mb=rss_mb())))
+    print(json.dumps(dict(result, peak_rss_mb=machine.peak_rss_mb())))
     return
-  import machine  # pylint: disable=g-import-not-at-top
   print(machine.describe())
   batches, impls = [int(b) for b in _BATCHES.value], _IMPLS.value
   results = {(i, b): [] for i in impls for b in batches}

@@ -24,9 +24,7 @@ tokens/s of each (and every round's), the ratios, and peak RSS.
 
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +36,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import machine  # pylint: disable=wrong-import-position
 
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved rounds.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed training steps per measurement.")
@@ -165,13 +164,9 @@ WORKERS = {"ours": work_ours, "keras": work_keras, "torch": work_torch}
 
 def run_worker(impl, batch, data_dir):
   """Measures in a fresh process; returns (tokens/s, peak RSS MB)."""
-  out = subprocess.run(
-      [sys.executable, os.path.abspath(__file__), f"--worker={impl}", f"--batch={batch}",
-       f"--data={data_dir}", f"--steps={_STEPS.value}", f"--warmup={_WARMUP.value}"],
-      capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-  if out.returncode:
-    raise RuntimeError(f"{impl} at batch {batch} failed:\n{out.stderr[-3000:]}")
-  result = json.loads(out.stdout.strip().splitlines()[-1])
+  result = machine.run_worker(
+      __file__, f"--worker={impl}", f"--batch={batch}", f"--data={data_dir}",
+      f"--steps={_STEPS.value}", f"--warmup={_WARMUP.value}")
   return result["tokens_per_second"], result["peak_rss_mb"]
 
 
@@ -180,9 +175,8 @@ def main(_):
     seconds = WORKERS[_WORKER.value](_BATCH.value, _DATA.value, _STEPS.value, _WARMUP.value)
     print(json.dumps({
         "tokens_per_second": _STEPS.value * _BATCH.value * WINDOW / seconds,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+        "peak_rss_mb": machine.peak_rss_mb()}))
     return
-  import machine  # pylint: disable=g-import-not-at-top
   print(machine.describe())
   with tempfile.TemporaryDirectory(prefix="bench-train-") as work:
     data_dir = prepare(work)

@@ -12,8 +12,12 @@ trials. Reported for a large square (what the hardware can do) and for the
 LSTM's GEMM shapes (what a step of batch B can get: its matrices are small).
 """
 
+import json
 import os
 import platform
+import resource
+import subprocess
+import sys
 import time
 from typing import Dict, Iterable, Tuple
 
@@ -84,3 +88,19 @@ def peak_report(shapes: Iterable[Tuple[str, Tuple[int, int, int]]] = ()) -> Dict
   for name, (m, k, n) in shapes:
     out[f"{name} ({m}x{k}x{n})"] = matmul_flops(m, k, n) / 1e9
   return out
+
+
+def peak_rss_mb() -> float:
+  """This process's peak resident memory."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_worker(script: str, *args: str) -> dict:
+  """Runs `script` with `args` in a fresh Python process (its peak RSS its
+  own) and returns the JSON object on the last line of its output."""
+  out = subprocess.run([sys.executable, os.path.abspath(script), *args],
+                       capture_output=True, text=True,
+                       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+  if out.returncode:
+    raise RuntimeError(f"{script} {' '.join(args)} failed:\n{out.stderr[-3000:]}")
+  return json.loads(out.stdout.strip().splitlines()[-1])

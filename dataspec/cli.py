@@ -23,6 +23,7 @@ A job's main.py:
   flags.mark_flags_as_required(["model_dir"], flag_values=FLAGS)
 
   def main(argv):                       # raises app.UsageError on bad flags
+    config = cli.job_config(config_from_flags, argv)
     ...
 
   def run_main():                       # the console script
@@ -38,7 +39,7 @@ import os
 import re
 import sys
 import textwrap
-from typing import Callable, FrozenSet, List, Optional, Sequence
+from typing import Any, Callable, FrozenSet, List, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -177,6 +178,18 @@ def parse(flag_values: flags.FlagValues, argv: Sequence[str], *,
       raise flags.Error(f"Unknown command line flag(s) {', '.join(unknown)} "
                         f"(neither {program_name()} flags nor {accepted.title})")
   return [rest[0]] + leftover
+
+
+def job_config(config_from_flags: Callable[[], Any], argv: Optional[Sequence[str]] = None):
+  """The job's config from its parsed flags; a value the config rejects
+  (ValueError) or a stray argument in `argv` (None: arguments are the job's
+  to check) is a usage error."""
+  if argv is not None and len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {list(argv[1:])}")
+  try:
+    return config_from_flags()
+  except ValueError as err:
+    raise app.UsageError(str(err)) from None
 
 
 def run(main: Callable[[List[str]], None], *, flag_values: flags.FlagValues,

@@ -95,6 +95,28 @@ def looks_binary(head: bytes, encoding: str = UTF8) -> bool:
   return bad > 0.1 * max(1, len(text))
 
 
+def head_bytes(encoding: str) -> int:
+  """How much of a file's head `text_encoding` needs for `encoding`."""
+  return DETECT_BYTES if encoding == AUTO else SNIFF_BYTES
+
+
+def text_encoding(head: bytes, encoding: str) -> Optional[str]:
+  """The encoding to read a file starting with `head` (its first
+  head_bytes(encoding) bytes) in: `encoding`, or the detected one for
+  "auto"; None when the file is binary and must be skipped."""
+  if encoding == AUTO:
+    encoding = detect_encoding(head)
+  if encoding is None or looks_binary(head[:SNIFF_BYTES], encoding):
+    return None
+  return encoding
+
+
+def describe_binary(encoding: str) -> str:
+  """Why a file that text_encoding() refused was skipped, for the log."""
+  return ("binary content (NUL bytes, or mostly not text in "
+          f"{'any detected encoding' if encoding == AUTO else encoding})")
+
+
 def to_utf8(data: bytes, encoding: str) -> Tuple[bytes, int]:
   """(`data` in `encoding` re-encoded as UTF-8, how many undecodable bytes
   became U+FFFD). UTF-8 data is returned as it is (tokenizers replace)."""

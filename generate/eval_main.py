@@ -21,7 +21,6 @@ skipped and listed. Needs an export with saved_model/ (textgen-train
 --export_only re-exports an older one).
 """
 
-from absl import app
 from absl import flags
 
 from dataspec import cli
@@ -63,12 +62,7 @@ def parse_flags(argv):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  try:
-    config = config_from_flags()
-  except ValueError as err:
-    raise app.UsageError(str(err))
+  config = cli.job_config(config_from_flags, argv)
   from generate import evaluate  # pylint: disable=g-import-not-at-top  (TF import after flag checks)
   evaluate.run(config)
 

@@ -218,15 +218,12 @@ def _open_next(docs: Iterator[Document], model, count_invalid, skipped):
       skipped.append({"path": doc.path, "reason": "empty"})
       logging.warning("Skipping empty file %s", doc.path)
       continue
-    auto = doc.encoding == textfiles.AUTO
     with storage.open_read(doc.path, start=doc.start) as f:
-      head = f.read(min(textfiles.DETECT_BYTES if auto else textfiles.SNIFF_BYTES,
-                        doc.end - doc.start))
-    encoding = textfiles.detect_encoding(head) if auto else doc.encoding
-    if encoding is None or textfiles.looks_binary(head[:textfiles.SNIFF_BYTES], encoding):
+      head = f.read(min(textfiles.head_bytes(doc.encoding), doc.end - doc.start))
+    encoding = textfiles.text_encoding(head, doc.encoding)
+    if encoding is None:
       skipped.append({"path": doc.path, "reason": "binary"})
-      logging.warning("Skipping %s: binary content (NUL bytes, or mostly not "
-                      "text in %s)", doc.path, encoding or "any text encoding")
+      logging.warning("Skipping %s: %s", doc.path, textfiles.describe_binary(doc.encoding))
       continue
     return _Stream(dataclasses.replace(doc, encoding=encoding), model, count_invalid)
   return None

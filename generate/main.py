@@ -14,7 +14,6 @@ Indexed Job, --shard_index defaults to $JOB_COMPLETION_INDEX.
 
 import os
 
-from absl import app
 from absl import flags
 
 from dataspec import cli
@@ -65,12 +64,7 @@ def parse_flags(argv):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  try:
-    config = config_from_flags()
-  except ValueError as err:
-    raise app.UsageError(str(err))
+  config = cli.job_config(config_from_flags, argv)
   from generate import generate  # pylint: disable=g-import-not-at-top
   generate.run(config)
 

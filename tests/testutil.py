@@ -1,12 +1,25 @@
 """Constants and helpers shared by the tests (conftest.py holds fixtures)."""
 
 import os
+import stat
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAKESPEARE = os.path.join(REPO, "data", "tinyshakespeare.txt")
 SHARED_DATA = os.path.join(REPO, "..", "shared", "data")
 TESTDATA = os.path.join(REPO, "tests", "testdata")
 BEAM_ARGS = ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
+
+
+def unwritable_dir(tmp_path):
+  """A path nothing can be written below: a read-only directory, or (for
+  root, whom permissions do not stop) a plain file."""
+  locked = tmp_path / "locked"
+  locked.mkdir()
+  locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
+  if os.access(locked, os.W_OK):  # root ignores permissions
+    locked = tmp_path / "file-not-dir"
+    locked.write_text("x")
+  return locked
 
 
 def shakespeare_text(num_bytes: int) -> str:

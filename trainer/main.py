@@ -14,7 +14,6 @@ same command after a crash resumes from the last complete checkpoint;
 SIGTERM checkpoints and exits with code 143.
 """
 
-from absl import app
 from absl import flags
 
 from dataspec import cli
@@ -103,12 +102,7 @@ def parse_flags(argv):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  try:
-    config = config_from_flags()
-  except ValueError as err:
-    raise app.UsageError(str(err))
+  config = cli.job_config(config_from_flags, argv)
   from trainer import train  # pylint: disable=g-import-not-at-top  (TF import after flag checks)
   train.run(config)
 

@@ -154,12 +154,12 @@ class Trainer:
                  self.replicas, type(self.strategy).__name__, config.batch_size,
                  config.batch_size // self.replicas, self.replicas,
                  self.steps_per_epoch, self.total_steps)
+    gpus = len(tf.config.list_logical_devices("GPU"))
     self.fused_cpu_lstm = fused_lstm.use_fused_cpu_path(
-        gpus=len(tf.config.list_logical_devices("GPU")),
-        recurrent_dropout=config.recurrent_dropout)
+        gpus=gpus, recurrent_dropout=config.recurrent_dropout)
     logging.info("LSTM layers: %s", "fused CPU path (trainer/fused_lstm.py)"
                  if self.fused_cpu_lstm else "keras.layers.LSTM (cuDNN on GPU)")
-    if config.recurrent_dropout and tf.config.list_physical_devices("GPU"):
+    if config.recurrent_dropout and gpus:
       logging.warning("--recurrent_dropout > 0 disables the fused cuDNN LSTM "
                       "kernel: expect several times slower training on GPU")
     if config.mixed_precision:

@@ -5,7 +5,6 @@ import json
 import math
 import os
 import shutil
-import stat
 
 from absl import app
 from absl.testing import flagsaver
@@ -18,7 +17,7 @@ from dataspec import serving
 from generate import config as config_lib
 from generate import eval_main
 from generate import evaluate
-from testutil import FRENCH
+from testutil import FRENCH, unwritable_dir
 
 
 def _config(model_dir, output, **kw):
@@ -122,12 +121,7 @@ def test_bad_input_fails_before_any_work(tiny_run, tiny_dataset, tmp_path):
                          input=(str(tmp_path / "nothing-here*"),)))
   with pytest.raises(IsADirectoryError, match="--output"):
     evaluate.run(_config(tiny_run[0], tmp_path, input=(str(doc),)))
-  locked = tmp_path / "locked"
-  locked.mkdir()
-  locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
-  if os.access(locked, os.W_OK):  # root ignores permissions
-    locked = tmp_path / "file-not-dir"
-    locked.write_text("x")
+  locked = unwritable_dir(tmp_path)
   with pytest.raises(PermissionError, match="Cannot write"):
     evaluate.run(_config(tiny_run[0], locked / "o.json", input=(str(doc),)))
   with pytest.raises(ValueError, match="no test split"):

@@ -2,7 +2,6 @@
 
 import json
 import os
-import stat
 
 from absl import app
 from absl.testing import flagsaver
@@ -12,6 +11,7 @@ from dataspec import export as export_lib
 from generate import config as config_lib
 from generate import generate
 from generate import main as main_lib
+from testutil import unwritable_dir
 
 
 def _config(model_dir, output, **kw):
@@ -124,12 +124,7 @@ def test_bad_input_fails_before_work(tiny_run, tmp_path):
   bad_json.write_text('{"id": 1, "prompt": "x"}\n{"id": 2}\n')
   with pytest.raises(ValueError, match="line 2"):
     generate.run(_config(model_dir, out, prompts=str(bad_json)))
-  locked = tmp_path / "locked"
-  locked.mkdir()
-  locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
-  if os.access(locked, os.W_OK):  # root ignores permissions
-    locked = tmp_path / "file-not-dir"
-    locked.write_text("x")
+  locked = unwritable_dir(tmp_path)
   with pytest.raises(PermissionError, match="Cannot write"):
     generate.run(_config(model_dir, locked / "o.jsonl"))
   assert not out.exists()
