@@ -40,6 +40,9 @@ setuptools.setup(
         "protobuf>=6.31.1,<7",
         # --input_encoding=auto: per-file detection (see dataspec/textfiles.py).
         "chardet>=7.7,<8",
+        # --tokenizer=bpe/unigram: trained and encoded on the Beam workers
+        # (the SavedModel uses tensorflow-text's copy of the same library).
+        "sentencepiece>=0.2.3,<0.3",
     ],
     extras_require={
         "cpu": [f"tensorflow=={TF_VERSION}", TF_TEXT],

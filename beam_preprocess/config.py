@@ -3,6 +3,7 @@
 import dataclasses
 from typing import Tuple
 
+from dataspec import subword
 from dataspec import textfiles
 from dataspec import tokenizer
 
@@ -25,8 +26,12 @@ class PreprocessConfig:
       (the path below the input's directory), so adding files never moves old
       ones; "tail": the last `validation_fraction` of every document.
     validation_fraction: in [0, 1).
-    max_vocab_size: the most ids, reserved included (0 = unlimited).
-    min_count: least count for a token to get an id.
+    max_vocab_size: the most ids, reserved included (0 = unlimited; for bpe
+      and unigram, which need a size, 0 = subword.DEFAULT_VOCAB_SIZE).
+    min_count: least count for a token to get an id (bpe, unigram: for a
+      word to be in the tokenizer's training table).
+    character_coverage: bpe, unigram: share of characters (by count) that
+      get pieces; the rarest others are encoded as bytes.
     num_shards: TFRecord files per split (0 = let the runner choose).
     compression: "gzip" or "none".
     chunk_bytes: target size of the byte ranges large files are cut into.
@@ -49,6 +54,7 @@ class PreprocessConfig:
   validation_fraction: float = 0.1
   max_vocab_size: int = 0
   min_count: int = 1
+  character_coverage: float = subword.DEFAULT_CHARACTER_COVERAGE
   num_shards: int = 0
   compression: str = "gzip"
   chunk_bytes: int = 1 << 20
@@ -78,6 +84,19 @@ class PreprocessConfig:
     if self.max_vocab_size < 0 or 0 < self.max_vocab_size <= tokenizer.NUM_RESERVED:
       raise ValueError(f"--max_vocab_size must be 0 (unlimited) or more than "
                        f"{tokenizer.NUM_RESERVED}, got {self.max_vocab_size}")
+    if self.tokenizer.is_subword:
+      if self.max_vocab_size == 0:
+        object.__setattr__(self, "max_vocab_size", subword.DEFAULT_VOCAB_SIZE)
+      minimum = tokenizer.NUM_RESERVED + 256 + 1
+      if self.max_vocab_size < minimum:
+        raise ValueError(
+            f"--max_vocab_size must be at least {minimum} for --tokenizer="
+            f"{self.tokenizer.type} (3 reserved and 256 byte ids come first), "
+            f"got {self.max_vocab_size}")
+    if not 0.98 <= self.character_coverage <= 1:
+      raise ValueError("--character_coverage must be in [0.98, 1] (SentencePiece's "
+                       "range), got "
+                       f"{self.character_coverage}")
     if self.min_count < 1:
       raise ValueError(f"--min_count must be at least 1, got {self.min_count}")
     if self.num_shards < 0:

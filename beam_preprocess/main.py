@@ -23,6 +23,7 @@ from absl import flags
 from beam_preprocess import config as config_lib
 from beam_preprocess import pipeline
 from dataspec import cli
+from dataspec import subword
 from dataspec import tokenizer
 
 # Each job has its own FlagValues: jobs share flag names with other meanings
@@ -32,11 +33,13 @@ FLAGS = flags.FlagValues()
 _INPUT = flags.DEFINE_list(
     "input", None, "Files, directories or globs (local or gs://), comma separated.", flag_values=FLAGS)
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Dataset directory to write.", flag_values=FLAGS)
-_TOKENIZER = flags.DEFINE_enum("tokenizer", "char", tokenizer.TOKENIZER_TYPES,
-                               "Token unit.", flag_values=FLAGS)
+_TOKENIZER = flags.DEFINE_enum(
+    "tokenizer", "char", tokenizer.TOKENIZER_TYPES,
+    "Token unit: char, word, byte, or bpe/unigram subwords (SentencePiece, trained "
+    "from the pipeline's word counts, byte fallback).", flag_values=FLAGS)
 _NORMALIZATION = flags.DEFINE_enum("normalization", "nfc", tokenizer.NORMALIZATIONS,
-                                   "Unicode normalization (char, word).", flag_values=FLAGS)
-_LOWERCASE = flags.DEFINE_bool("lowercase", False, "Lowercase text (char, word).", flag_values=FLAGS)
+                                   "Unicode normalization (all but byte).", flag_values=FLAGS)
+_LOWERCASE = flags.DEFINE_bool("lowercase", False, "Lowercase text (all but byte).", flag_values=FLAGS)
 _PUNCTUATION = flags.DEFINE_enum(
     "punctuation", "split", tokenizer.PUNCTUATION_MODES,
     "word: keep (white-space split only), split (marks are tokens), strip.", flag_values=FLAGS)
@@ -50,9 +53,14 @@ _SPLIT_MODE = flags.DEFINE_enum("split_mode", "hash", config_lib.SPLIT_MODES,
                                 "hash: whole documents by id hash; tail: last part of each.", flag_values=FLAGS)
 _VALIDATION_FRACTION = flags.DEFINE_float("validation_fraction", 0.1,
                                           "Fraction for validation, in [0, 1).", flag_values=FLAGS)
-_MAX_VOCAB_SIZE = flags.DEFINE_integer("max_vocab_size", 0,
-                                       "Most ids incl. reserved; 0 = unlimited.", flag_values=FLAGS)
+_MAX_VOCAB_SIZE = flags.DEFINE_integer(
+    "max_vocab_size", 0, "Most ids incl. reserved; 0 = unlimited (bpe, unigram: "
+    f"the model's size, 0 = {subword.DEFAULT_VOCAB_SIZE}).", flag_values=FLAGS)
 _MIN_COUNT = flags.DEFINE_integer("min_count", 1, "Least count for a token to get an id.", flag_values=FLAGS)
+_CHARACTER_COVERAGE = flags.DEFINE_float(
+    "character_coverage", subword.DEFAULT_CHARACTER_COVERAGE,
+    "bpe, unigram: share of characters that get pieces; rarer ones are bytes.",
+    flag_values=FLAGS)
 _NUM_SHARDS = flags.DEFINE_integer("num_shards", 0, "Shards per split; 0 = runner decides.", flag_values=FLAGS)
 _COMPRESSION = flags.DEFINE_enum("compression", "gzip", config_lib.COMPRESSIONS,
                                  "TFRecord compression.", flag_values=FLAGS)
@@ -117,6 +125,7 @@ def config_from_flags() -> config_lib.PreprocessConfig:
       validation_fraction=_VALIDATION_FRACTION.value,
       max_vocab_size=_MAX_VOCAB_SIZE.value,
       min_count=_MIN_COUNT.value,
+      character_coverage=_CHARACTER_COVERAGE.value,
       num_shards=_NUM_SHARDS.value,
       compression=_COMPRESSION.value,
       chunk_bytes=_CHUNK_BYTES.value,

@@ -31,7 +31,7 @@ from dataspec import vocab as vocab_lib
 # Files a previous run may have left in output_dir; only these are removed.
 _OUTPUT_PATTERNS = ("train-*.tfrecord*", "validation-*.tfrecord*",
                     "test-*.tfrecord*", "*-documents.jsonl",
-                    "vocab.txt", "metadata.json", "config.json")
+                    "vocab.txt", "tokenizer.model", "metadata.json", "config.json")
 
 
 # Up to this many documents, a hash split is checked without the binary files
@@ -134,17 +134,19 @@ def write_documents(config: config_lib.PreprocessConfig, ranges: Sequence[dict])
   return names
 
 
-def finalize(_, *, config: config_lib.PreprocessConfig, vocab: List[str],
+def finalize(_, *, config: config_lib.PreprocessConfig, vocab,
              stats: Dict[str, Dict[str, int]], files: Dict[str, List[str]],
              skipped: List[dict], ranges: Sequence[dict] = ()):
-  """Writes vocab.txt, the held-out splits' document lists, config.json,
-  metadata.json and, last, COMPLETED.
+  """Writes vocab.txt (or tokenizer.model), the held-out splits' document
+  lists, config.json, metadata.json and, last, COMPLETED.
+
+  `vocab` is Tokenizer's vocab argument (tokens, model bytes or None).
 
   Raises:
     ValueError: a split that should have windows has none (no COMPLETED).
   """
   spec = config.tokenizer
-  vocab_size = len(vocab) if spec.uses_vocab else tokenizer_lib.BYTE_VOCAB_SIZE
+  vocab_size = tokenizer_lib.Tokenizer(spec, vocab=vocab).vocab_size
   splits = {}
   for split in ("train", "validation") + tuple(x for x in config.splits if x == "test"):
     s = stats.get(split, dict.fromkeys(transforms.STATS_KEYS, 0))
@@ -172,10 +174,8 @@ def finalize(_, *, config: config_lib.PreprocessConfig, vocab: List[str],
   for split, name in write_documents(config, ranges).items():
     splits[split].documents_file = name
   dp = paths.DatasetPaths(config.output_dir)
-  fingerprint = ""
-  if spec.uses_vocab:
-    vocab_lib.write_vocab(dp.vocab, vocab)
-    fingerprint = vocab_lib.fingerprint(vocab)
+  vocab_lib.write_for(dp, spec, vocab)
+  fingerprint = vocab_lib.fingerprint_for(spec, vocab)
   storage.write_text(dp.config, json.dumps(config.to_json_dict(), indent=2) + "\n")
   metadata = metadata_lib.DatasetMetadata(
       schema_version=SCHEMA_VERSION,
@@ -210,7 +210,7 @@ def build_pipeline(p: beam.Pipeline, *, config: config_lib.PreprocessConfig,
             | "Reshuffle" >> beam.Reshuffle())
   vocab = chunks | "BuildVocab" >> transforms.BuildVocab(
       spec=config.tokenizer, max_vocab_size=config.max_vocab_size,
-      min_count=config.min_count)
+      min_count=config.min_count, character_coverage=config.character_coverage)
   encoded = chunks | "Encode" >> beam.ParDo(
       transforms.EncodeChunk(spec=config.tokenizer,
                              window_length=config.window_length,
@@ -231,8 +231,7 @@ def build_pipeline(p: beam.Pipeline, *, config: config_lib.PreprocessConfig,
 
   def _finalize(x, *, vocab_text, stats, skipped, ranges, **files_by_name):
     files_by_split = {k[len("files_"):]: v for k, v in files_by_name.items()}
-    vocab = (vocab_lib.parse_vocab(vocab_text) if config.tokenizer.uses_vocab
-             else [])
+    vocab = transforms.parse_vocab(config.tokenizer, vocab_text)
     finalize(x, config=config, vocab=vocab, stats=stats, files=files_by_split,
              skipped=skipped, ranges=ranges)
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from beam_preprocess import inputs
 from dataspec import schema
+from dataspec import subword
 from dataspec import textfiles
 from dataspec import tokenizer as tokenizer_lib
 from dataspec import vocab as vocab_lib
@@ -99,8 +100,14 @@ class _MergeCounts(beam.CombineFn):
 
 
 class BuildVocab(beam.PTransform):
-  """Train chunks -> the vocabulary as vocab.txt text (a singleton; "" for
-  `byte`).
+  """Train chunks -> the vocabulary, a singleton: vocab.txt text (char,
+  word), the trained SentencePiece model's bytes (bpe, unigram) or ""
+  (byte). See `parse_vocab`.
+
+  Every worker counts its chunks' tokens (for bpe/unigram: pre-tokens,
+  the words SentencePiece trains on) and the counts are summed across
+  workers; only that table reaches the one worker that selects the
+  vocabulary or trains the model, never the text.
 
   One string rather than a list of tokens: Beam's side-input cache measures
   the size of every object it holds, which for a list of 30,000 strings took
@@ -108,30 +115,45 @@ class BuildVocab(beam.PTransform):
   """
 
   def __init__(self, *, spec: tokenizer_lib.TokenizerSpec, max_vocab_size: int,
-               min_count: int):
+               min_count: int, character_coverage: float = 1.0):
     super().__init__()
     self._spec = spec
     self._max_vocab_size = max_vocab_size
     self._min_count = min_count
+    self._character_coverage = character_coverage
 
   def expand(self, chunks):
     spec = self._spec
     if not spec.uses_vocab:
       return chunks.pipeline | "NoVocab" >> beam.Create([""])
-    counter = tokenizer_lib.Tokenizer(
-        spec, vocab=list(tokenizer_lib.RESERVED_TOKENS))
+    counter = tokenizer_lib.make_counter(spec)
 
     def count(chunk):
-      return counter.count(read_chunk(chunk).decode("utf-8", errors="replace"))
+      return counter(read_chunk(chunk).decode("utf-8", errors="replace"))
 
     max_vocab_size, min_count = self._max_vocab_size, self._min_count
+    coverage = self._character_coverage
+    if spec.is_subword:
+      def select(counts):
+        return subword.train_model(counts, model_type=spec.type,
+                                   vocab_size=max_vocab_size, min_count=min_count,
+                                   character_coverage=coverage)
+    else:
+      def select(counts):
+        return vocab_lib.format_vocab(vocab_lib.select_vocab(
+            counts, max_vocab_size=max_vocab_size, min_count=min_count))
     return (chunks
             | "TrainOnly" >> beam.Filter(lambda c: c.split == "train")
             | "Count" >> beam.Map(count)
             | "SumCounts" >> beam.CombineGlobally(_MergeCounts())
-            | "Select" >> beam.Map(lambda counts: vocab_lib.format_vocab(
-                vocab_lib.select_vocab(counts, max_vocab_size=max_vocab_size,
-                                       min_count=min_count))))
+            | ("TrainSubwords" if spec.is_subword else "Select") >> beam.Map(select))
+
+
+def parse_vocab(spec: tokenizer_lib.TokenizerSpec, value):
+  """BuildVocab's output as Tokenizer's `vocab` argument."""
+  if not spec.uses_vocab:
+    return None
+  return bytes(value) if spec.is_subword else vocab_lib.parse_vocab(value)
 
 
 class EncodeChunk(beam.DoFn):
@@ -141,7 +163,7 @@ class EncodeChunk(beam.DoFn):
   Finalize lists the documents of each held-out split, so that textgen-eval
   can score them whole with the LSTM state carried.
   The tokenizer is built once per DoFn instance from the vocab side input
-  (vocab.txt text).
+  (BuildVocab's output; for bpe/unigram the model is loaded once per worker).
   Windows of a chunk are shuffled (seeded by chunk) so that consecutive
   records of a shard are not consecutive text.
   """
@@ -159,11 +181,10 @@ class EncodeChunk(beam.DoFn):
   def setup(self):
     self._tokenizer = None
 
-  def _get_tokenizer(self, vocab_text: str) -> tokenizer_lib.Tokenizer:
+  def _get_tokenizer(self, vocab_text) -> tokenizer_lib.Tokenizer:
     if self._tokenizer is None:
       self._tokenizer = tokenizer_lib.Tokenizer(
-          self._spec, vocab=(vocab_lib.parse_vocab(vocab_text)
-                             if self._spec.uses_vocab else None))
+          self._spec, vocab=parse_vocab(self._spec, vocab_text))
       self._token_dtype = schema.token_dtype_for(self._tokenizer.vocab_size)
     return self._tokenizer
 

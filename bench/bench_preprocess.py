@@ -13,7 +13,10 @@ Builds a corpus of at least --corpus_mb MB by concatenating the files in
          per-line Python holds the GIL, so threads do not run it in parallel;
          --naive_modes=multi_processing,multi_threading measures both)
 on DirectRunner (FnApiRunner), and prints MB/s of raw text, windows/s and the
-ratio. Wall time includes pipeline start-up.
+ratio. bpe and unigram (SentencePiece, 8,000 ids, trained from the pipeline's
+word counts; no tutorial does subwords, so there is no naive row) run ours
+only, in the same run on the same corpus. Wall time includes pipeline
+start-up (and for subwords, training the model).
 """
 
 import os
@@ -37,7 +40,8 @@ _WINDOW = flags.DEFINE_integer("window_length", 128, "Window length.")
 _SHARED = flags.DEFINE_string(
     "shared_data", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"),
     "Folder with the corpora.")
-_TOKENIZERS = flags.DEFINE_list("tokenizers", ["char", "word"], "Tokenizers to run.")
+_TOKENIZERS = flags.DEFINE_list("tokenizers", ["char", "word", "bpe", "unigram"],
+                                "Tokenizers to run (bpe, unigram: ours only).")
 _MODE = flags.DEFINE_string("mode", "multi_threading", "Our --direct_running_mode.")
 _NAIVE_MODES = flags.DEFINE_list("naive_modes", ["multi_processing"],
                                  "Naive --direct_running_mode(s); the fastest counts.")
@@ -124,6 +128,9 @@ def main(_):
     ours_s = time.perf_counter() - start
     ours_windows = meta.splits["train"].windows
     naive_s = float("inf")
+    if spec.is_subword:
+      rows.append((tok, mb / ours_s, ours_windows / ours_s, None, None, None))
+      continue
     for mode in _NAIVE_MODES.value:
       start = time.perf_counter()
       naive_windows = run_naive(corpus, os.path.join(work, f"naive-{tok}-{mode}"), spec,
@@ -136,7 +143,10 @@ def main(_):
   print("\n| tokenizer | ours MB/s | ours windows/s | naive MB/s | naive windows/s | speed-up |")
   print("|---|---:|---:|---:|---:|---:|")
   for tok, omb, ow, nmb, nw, ratio in rows:
-    print(f"| {tok} | {omb:.2f} | {ow:,.0f} | {nmb:.2f} | {nw:,.0f} | {ratio:.1f}x |")
+    if nmb is None:
+      print(f"| {tok} | {omb:.2f} | {ow:,.0f} | – | – | – |")
+    else:
+      print(f"| {tok} | {omb:.2f} | {ow:,.0f} | {nmb:.2f} | {nw:,.0f} | {ratio:.1f}x |")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@
       projection/kernel, projection/bias   only if `projection_dim` > 0
       output/kernel             (last_dim, vocab_size)   (embedding.T if tied)
       output/bias               (vocab_size,)
-  export/vocab.txt, export/metadata.json   copies from the dataset
+  export/vocab.txt (or tokenizer.model for bpe/unigram), export/metadata.json
+                            copies from the dataset
   export/training.json      step, losses and config of the run
   export/saved_model/       a TensorFlow SavedModel: text in, text out
                             (dataspec.serving; format_version >= 2)
@@ -133,10 +134,12 @@ def load_export(export_dir: str, *, flag: str = "model_dir"):
   """Reads a complete export.
 
   Returns:
-    (ModelSpec, weights dict, DatasetMetadata, vocab list or None, training dict).
+    (ModelSpec, weights dict, DatasetMetadata, vocabulary (tokens, model
+    bytes or None: see metadata.load_vocab_for), training dict).
 
   Raises:
     IncompleteExportError: EXPORTED is missing.
+    ValueError: a file of the export does not match (weights, vocabulary).
   """
   from dataspec import metadata as metadata_lib  # pylint: disable=g-import-not-at-top
   from dataspec import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
@@ -153,6 +156,6 @@ def load_export(export_dir: str, *, flag: str = "model_dir"):
   weights = read_weights(ep.weights)
   check_weights(spec, weights)
   meta = metadata_lib.DatasetMetadata.from_json(storage.read_text(ep.metadata))
-  vocab = vocab_lib.read_vocab(ep.vocab) if meta.tokenizer_spec.uses_vocab else None
+  vocab = vocab_lib.read_for(ep, meta.tokenizer_spec, meta.vocab_fingerprint)
   training = json.loads(storage.read_text(ep.training))
   return spec, weights, meta, vocab, training

@@ -23,6 +23,11 @@ corpus and on random Unicode text for every combination):
                      ASCII-only), as dataspec.wordsplit does with numpy
   vocabulary         a tf.lookup.StaticHashTable (word) or a sorted code point
                      table (char); byte needs none
+  bpe, unigram       tensorflow-text's SentencepieceTokenizer (the same
+                     SentencePiece library, in the graph) on each line, <eos>
+                     between lines; decoding by a table of each id's bytes.
+                     The one custom op: load such a SavedModel after
+                     `import tensorflow_text`
 
 Everything is vectorized over the batch: strings are decoded to one flat
 array of code points with row ids, and token boundaries never cross rows.
@@ -35,6 +40,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from dataspec import subword
 from dataspec import tokenizer as tokenizer_lib
 from dataspec import wordsplit
 
@@ -181,13 +187,16 @@ class GraphTokenizer(tf.Module):
 
   Args:
     spec: the tokenizer options.
-    vocab: tokens by id (None for `byte`).
+    vocab: tokens by id (char, word), the SentencePiece model's bytes (bpe,
+      unigram) or None (byte).
   """
 
-  def __init__(self, spec: tokenizer_lib.TokenizerSpec,
-               vocab: Optional[Sequence[str]] = None):
+  def __init__(self, spec: tokenizer_lib.TokenizerSpec, vocab=None):
     super().__init__(name="tokenizer")
     self.spec = spec
+    if spec.is_subword:
+      self._init_subword(bytes(vocab))
+      return
     self.vocab_size = (tokenizer_lib.BYTE_VOCAB_SIZE if spec.type == "byte"
                        else len(vocab))
     self.start_id = _start_id(spec, vocab)
@@ -223,6 +232,17 @@ class GraphTokenizer(tf.Module):
                             1 + max(len(p.encode("utf-8")) for p in pieces))
     """The most bytes one id adds to decoded text (a word's space included)."""
 
+  def _init_subword(self, model: bytes):
+    import tensorflow_text  # pylint: disable=g-import-not-at-top
+    sub = subword.SubwordModel(model)
+    self.vocab_size = sub.vocab_size
+    self.start_id = tokenizer_lib.EOS_ID
+    self._sentencepiece = tensorflow_text.SentencepieceTokenizer(
+        model=model, out_type=tf.int32)
+    table = sub.piece_bytes()
+    self._pieces = tf.constant(table)
+    self.max_piece_bytes = max(len(p) for p in table)
+
   # ---- normalization ----------------------------------------------------
 
   def normalize(self, texts: tf.Tensor) -> tf.Tensor:
@@ -256,10 +276,21 @@ class GraphTokenizer(tf.Module):
           tf.cast(values, tf.int32) + tokenizer_lib.NUM_RESERVED)
     texts = tf.strings.unicode_transcode(texts, "UTF-8", "UTF-8", errors="replace",
                                          replacement_char=0xFFFD)
+    if self.spec.is_subword:
+      return self._encode_subwords(self.normalize(texts))
     cps = tf.strings.unicode_decode(self.normalize(texts), "UTF-8")  # (batch, None)
     if self.spec.type == "char":
       return cps.with_flat_values(self._char_ids_of(cps.flat_values))
     return self._encode_words(cps)
+
+  def _encode_subwords(self, texts: tf.Tensor) -> tf.RaggedTensor:
+    lines = tf.strings.split(texts, "\n")  # (batch, lines); "" gives [""]
+    ids = self._sentencepiece.tokenize(lines.flat_values)  # (all lines, None)
+    eos = tf.fill([ids.nrows(), 1], tokenizer_lib.EOS_ID)
+    ids = tf.concat([ids, tf.RaggedTensor.from_tensor(eos)], axis=1)
+    # Every line ended by <eos>, then each row's last one dropped.
+    ids = lines.with_flat_values(ids).merge_dims(1, 2)  # (batch, None)
+    return ids[:, :-1]
 
   def _char_ids_of(self, flat):
     n = tf.size(self._char_keys)
@@ -309,9 +340,19 @@ class GraphTokenizer(tf.Module):
 
   # ---- decoding -----------------------------------------------------------
 
-  def decode(self, ids: tf.RaggedTensor) -> tf.Tensor:
-    """Text of ragged int32 ids (batch, None), as Tokenizer.decode."""
+  def decode(self, ids: tf.RaggedTensor, line_start: Optional[tf.Tensor] = None) -> tf.Tensor:
+    """Text of ragged int32 ids (batch, None), as Tokenizer.decode.
+
+    Args:
+      ids: the ids.
+      line_start: bpe, unigram: bool (batch,), whether each row's ids begin
+        a line (default: all do). A subword that begins a line drops its
+        leading space, so a continuation decodes with line_start False to
+        keep the space it starts with.
+    """
     ids = tf.ragged.boolean_mask(ids, tf.not_equal(ids, tokenizer_lib.PAD_ID))
+    if self.spec.is_subword:
+      return self._decode_subwords(ids, line_start)
     if self.spec.type == "byte":
       data = tf.ragged.boolean_mask(ids, ids >= tokenizer_lib.NUM_RESERVED)
       raw = tf.strings.reduce_join(data.with_flat_values(_byte_strings(
@@ -330,6 +371,18 @@ class GraphTokenizer(tf.Module):
     return tf.strings.reduce_join(
         pieces.with_flat_values(tf.strings.join([sep.flat_values, pieces.flat_values])),
         axis=1)
+
+  def _decode_subwords(self, ids: tf.RaggedTensor, line_start) -> tf.Tensor:
+    flat = ids.flat_values
+    first = tf.equal(tf.ragged.range(ids.row_lengths()).flat_values, 0)
+    row_start = tf.ones_like(first) if line_start is None else tf.gather(
+        line_start, ids.value_rowids())
+    after_eos = tf.equal(tf.roll(flat, 1, 0), tokenizer_lib.EOS_ID)
+    starts_line = tf.where(first, row_start, after_eos)
+    pieces = _drop_leading_space(tf.gather(self._pieces, flat), starts_line)
+    raw = tf.strings.reduce_join(ids.with_flat_values(pieces), axis=1)
+    return tf.strings.unicode_transcode(raw, "UTF-8", "UTF-8", errors="replace",
+                                        replacement_char=0xFFFD)
 
   def piece(self, ids: tf.Tensor, after_line_start: tf.Tensor):
     """What one more id appends to decoded text, per row (incremental decode).
@@ -353,6 +406,9 @@ class GraphTokenizer(tf.Module):
     eos = tf.equal(ids, tokenizer_lib.EOS_ID)
     if self.spec.type == "char":
       return text, after_line_start
+    if self.spec.is_subword:  # a line's first piece drops its leading space
+      return (_drop_leading_space(text, after_line_start),
+              tf.where(pad, after_line_start, eos))
     space = ~pad & ~eos & ~after_line_start
     text = tf.strings.join([tf.where(space, " ", ""), text])
     return text, tf.where(pad, after_line_start, eos)
@@ -513,13 +569,22 @@ def _final_sigma(flat, rows, source, lowered):
 
 def _start_id(spec, vocab) -> Optional[int]:
   """The id that stands for "start of a line", or None: <eos> for word with
-  line_eos, the "\\n" character for char (if in the vocabulary) and byte.
+  line_eos (and bpe, unigram), the "\\n" character for char (if in the
+  vocabulary) and byte.
   Scoring a text scores its first token as if it followed this id."""
   if spec.type == "byte":
     return ord("\n") + tokenizer_lib.NUM_RESERVED
   if spec.type == "word":
     return tokenizer_lib.EOS_ID if spec.line_eos else None
   return vocab.index("\n") if "\n" in vocab[tokenizer_lib.NUM_RESERVED:] else None
+
+
+def _drop_leading_space(pieces: tf.Tensor, where: tf.Tensor) -> tf.Tensor:
+  """`pieces` (byte strings, maybe not UTF-8) without their first byte where
+  `where` and it is a space."""
+  strip = where & tf.equal(tf.strings.substr(pieces, 0, 1), " ")
+  pos = tf.cast(strip, tf.int32)
+  return tf.strings.substr(pieces, pos, tf.strings.length(pieces) - pos)
 
 
 def _byte_strings(values: tf.Tensor) -> tf.Tensor:

@@ -9,7 +9,7 @@ from this code's, so a crashed or older run is never read as complete.
 import dataclasses
 import hashlib
 import json
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from dataspec import SCHEMA_VERSION
 from dataspec import paths
@@ -63,7 +63,8 @@ class DatasetMetadata:
     schema_version: dataspec.SCHEMA_VERSION of the writer.
     tokenizer: the TokenizerSpec as a dict.
     vocab_size: number of ids, reserved ones included.
-    vocab_fingerprint: vocab.fingerprint() of vocab.txt ("" for byte).
+    vocab_fingerprint: vocab.fingerprint_for() of vocab.txt or tokenizer.model
+      ("" for byte).
     token_dtype: how ids are packed in each record (schema.TOKEN_DTYPES).
     window_length: L; each record holds L + 1 ids.
     stride: tokens between the starts of consecutive windows.
@@ -147,12 +148,9 @@ def load_dataset_metadata(dataset_dir: str, *,
   return metadata
 
 
-def load_vocab_for(dataset_dir: str, metadata: DatasetMetadata) -> Optional[List[str]]:
+def load_vocab_for(dataset_dir: str, metadata: DatasetMetadata):
+  """The dataset's vocabulary: tokens (char, word), the SentencePiece model's
+  bytes (bpe, unigram) or None (byte), checked against vocab_fingerprint."""
   from dataspec import vocab  # pylint: disable=g-import-not-at-top
-  if not metadata.tokenizer_spec.uses_vocab:
-    return None
-  tokens = vocab.read_vocab(paths.DatasetPaths(dataset_dir).vocab)
-  if vocab.fingerprint(tokens) != metadata.vocab_fingerprint:
-    raise ValueError(f"{dataset_dir}/vocab.txt does not match metadata.json's "
-                     "vocab_fingerprint")
-  return tokens
+  return vocab.read_for(paths.DatasetPaths(dataset_dir), metadata.tokenizer_spec,
+                        metadata.vocab_fingerprint)

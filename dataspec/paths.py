@@ -7,6 +7,8 @@
     validation-documents.jsonl      byte ranges of the documents in the split
     test-documents.jsonl            (held-out splits; what textgen-eval scores)
     vocab.txt  metadata.json  config.json
+    tokenizer.model                 bpe/unigram: the SentencePiece model
+                                    (instead of vocab.txt)
     COMPLETED                       written last; holds metadata.json's sha256
   model_dir/                        written by trainer
     run.json                        dataset fingerprint, fixed at the first start
@@ -14,7 +16,8 @@
     checkpoints/                    ckpt-<step>.* and the `checkpoint` index
     tensorboard/train, tensorboard/validation
     export/                         everything generate and eval need
-      model_config.json  weights.npz  vocab.txt  metadata.json  training.json
+      model_config.json  weights.npz  vocab.txt (or tokenizer.model)
+      metadata.json  training.json
       saved_model/                  TensorFlow SavedModel (dataspec.serving)
       model.keras                   the training model, Keras's own format
       EXPORTED                      written last
@@ -34,6 +37,10 @@ class DatasetPaths:
   @property
   def vocab(self) -> str:
     return storage.join(self.root, "vocab.txt")
+
+  @property
+  def tokenizer_model(self) -> str:
+    return storage.join(self.root, "tokenizer.model")
 
   @property
   def metadata(self) -> str:
@@ -73,6 +80,10 @@ class ExportPaths:
   @property
   def vocab(self) -> str:
     return storage.join(self.root, "vocab.txt")
+
+  @property
+  def tokenizer_model(self) -> str:
+    return storage.join(self.root, "tokenizer.model")
 
   @property
   def metadata(self) -> str:

@@ -372,7 +372,7 @@ class LanguageModel(tf.Module):
     return self._logits(last), h, c
 
   def _decode(self, logits, h, c, *, choose, max_new_tokens, stop_on_eos,
-              stop_strings=None, keep_bytes=None):
+              stop_strings=None, keep_bytes=None, line_start=None):
     """Picks up to max_new_tokens tokens per row, one LSTM step each.
 
     Args:
@@ -382,6 +382,7 @@ class LanguageModel(tf.Module):
       stop_strings, keep_bytes: the stop strings (None: there are none; this
         loop then carries no text) and how many bytes of each row's newest
         text can hold one.
+      line_start: with stop strings: bool (batch,), the prompt ended a line.
 
     Returns:
       (tokens (batch, n) int32, n, done, by_eos, ends): rows stop after
@@ -408,7 +409,7 @@ class LanguageModel(tf.Module):
       return n + 1, out, h, c, logits, done, by_eos, ends, tail, line_start
 
     false = tf.zeros([batch], tf.bool)
-    text_state = ((tf.fill([batch], ""), tf.ones([batch], tf.bool))
+    text_state = ((tf.fill([batch], ""), line_start)
                   if stop_strings is not None else (tf.zeros([]), tf.zeros([])))
     state = (tf.constant(0), tf.TensorArray(tf.int32, size=0, dynamic_size=True,
                                             element_shape=tf.TensorShape([None])),
@@ -462,13 +463,18 @@ class LanguageModel(tf.Module):
     loop = lambda choose, **kw: lambda: self._decode(
         logits, h, c, choose=choose, max_new_tokens=max_new_tokens,
         stop_on_eos=stop_on_eos, **kw)
+    # Subwords: the continuation keeps its leading space unless the prompt
+    # ended a line, so prompt + text reads as the model wrote it.
+    line_start = tf.equal(tf.gather(dense, lengths - 1, batch_dims=1), start)
     unfiltered = greedy | ((top_k <= 0) & (top_p >= 1.0))
     mode = tf.where(has_strings, 3, tf.where(unfiltered, tf.where(greedy, 0, 1), 2))
     tokens, n, done, by_eos, ends = tf.switch_case(mode, [
         loop(greedy_choice), loop(sampled), loop(general),
-        loop(general, stop_strings=stop_strings, keep_bytes=keep_bytes)])
+        loop(general, stop_strings=stop_strings, keep_bytes=keep_bytes,
+             line_start=line_start)])
     text_lengths = ends - tf.cast(by_eos, tf.int32)
-    text = self.tokenizer.decode(tf.RaggedTensor.from_tensor(tokens, lengths=text_lengths))
+    text = self.tokenizer.decode(tf.RaggedTensor.from_tensor(tokens, lengths=text_lengths),
+                                 line_start)
     text = tf.cond(has_strings, lambda: _cut_at_first(text, stop_strings), lambda: text)
     valid = tf.range(n)[None, :] < ends[:, None]
     return {

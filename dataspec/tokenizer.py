@@ -1,4 +1,5 @@
-"""Tokenizers: `char`, `word` and `byte`, with fixed reserved ids.
+"""Tokenizers: `char`, `word`, `byte`, `bpe` and `unigram`, with fixed
+reserved ids.
 
 Reserved ids are the same for every tokenizer and are never produced from
 ordinary text:
@@ -10,6 +11,8 @@ ordinary text:
 `char` and `word` tokenizers map text to ids with a vocabulary (vocab.txt,
 line number = id, reserved tokens on lines 0..2). `byte` needs no vocabulary:
 byte b has id b + 3, so every input is representable and nothing is unknown.
+`bpe` and `unigram` are SentencePiece models (tokenizer.model, see
+dataspec/subword.py) with the same reserved ids and byte fallback.
 
 Example:
   >>> spec = TokenizerSpec(type="word", lowercase=True, punctuation="strip")
@@ -27,6 +30,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from dataspec import subword
 from dataspec import wordsplit
 
 PAD_ID = 0
@@ -36,7 +40,7 @@ RESERVED_TOKENS = ("<pad>", "<unk>", "<eos>")
 NUM_RESERVED = len(RESERVED_TOKENS)
 BYTE_VOCAB_SIZE = 256 + NUM_RESERVED
 
-TOKENIZER_TYPES = ("char", "word", "byte")
+TOKENIZER_TYPES = ("char", "word", "byte") + subword.SUBWORD_TYPES
 NORMALIZATIONS = ("nfc", "nfkc", "none")
 PUNCTUATION_MODES = ("keep", "split", "strip")
 NUMBER_MODES = ("keep", "replace")
@@ -64,11 +68,11 @@ class TokenizerSpec:
   """How text becomes tokens. Stored in metadata.json and in the export.
 
   Attributes:
-    type: "char", "word" or "byte".
+    type: "char", "word", "byte", "bpe" or "unigram".
     normalization: Unicode normalization of text before tokenizing ("nfc",
       "nfkc" or "none"). Line ends "\\r\\n" always become "\\n". Not applied
       by `byte`, which sees the raw bytes.
-    lowercase: lowercase text first (char and word).
+    lowercase: lowercase text first (all but byte).
     punctuation: word only. "keep": split on white space and keep text as-is;
       "split": punctuation marks become tokens of their own; "strip": drop
       punctuation (what the Keras `Tokenizer` tutorial does).
@@ -90,7 +94,13 @@ class TokenizerSpec:
 
   @property
   def uses_vocab(self) -> bool:
+    """A vocabulary file comes with the data: vocab.txt (char, word) or
+    tokenizer.model (bpe, unigram)."""
     return self.type != "byte"
+
+  @property
+  def is_subword(self) -> bool:
+    return self.type in subword.SUBWORD_TYPES
 
   def to_json_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -123,27 +133,47 @@ def normalize_text(text: str, spec: TokenizerSpec) -> str:
   return text
 
 
+def make_counter(spec: TokenizerSpec):
+  """text -> collections.Counter of the vocabulary candidates in raw text:
+  characters (char), words (word) or pre-tokens (bpe, unigram: what
+  SentencePiece trains on)."""
+  if spec.is_subword:
+    return lambda text: subword.pretoken_counts(normalize_text(text, spec))
+  return Tokenizer(spec, vocab=list(RESERVED_TOKENS)).count
+
+
 class Tokenizer:
   """Encodes text to int32 ids and decodes ids to text.
 
   Args:
     spec: the tokenizer options.
-    vocab: tokens by id, reserved tokens first (required unless
-      `spec.type == "byte"`).
+    vocab: char and word: tokens by id, reserved tokens first; bpe and
+      unigram: the serialized SentencePiece model (bytes); byte: None.
 
   Raises:
     ValueError: the vocabulary is missing or does not start with the reserved
       tokens.
   """
 
-  def __init__(self, spec: TokenizerSpec, vocab: Optional[Sequence[str]] = None):
+  def __init__(self, spec: TokenizerSpec, vocab=None):
     self.spec = spec
     self._splitter = wordsplit.WordSplitter(punctuation=spec.punctuation,
                                             line_eos=spec.line_eos)
+    self.subword = None
     if spec.type == "byte":
       self.vocab = None
       self.vocab_size = BYTE_VOCAB_SIZE
       return
+    if spec.is_subword:
+      if not isinstance(vocab, (bytes, bytearray)):
+        raise ValueError(f"The {spec.type!r} tokenizer needs its SentencePiece "
+                         "model (tokenizer.model)")
+      self.subword = subword.SubwordModel(vocab)
+      self.vocab = self.subword.pieces
+      self.vocab_size = self.subword.vocab_size
+      return
+    if isinstance(vocab, (bytes, bytearray)):
+      raise ValueError(f"The {spec.type!r} tokenizer takes a token list, not a model")
     if vocab is None:
       raise ValueError(f"The {spec.type!r} tokenizer needs a vocabulary")
     if tuple(vocab[:NUM_RESERVED]) != RESERVED_TOKENS:
@@ -182,6 +212,8 @@ class Tokenizer:
   def count(self, text: str) -> collections.Counter:
     """Counts vocabulary candidates in raw (unnormalized) `text`."""
     text = normalize_text(text, self.spec)
+    if self.subword is not None:
+      return subword.pretoken_counts(text)
     if self.spec.type == "char":
       codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
       counts = np.bincount(codepoints)
@@ -207,6 +239,8 @@ class Tokenizer:
     if self.spec.type == "byte":
       return self.encode_bytes(text.encode("utf-8"))
     text = normalize_text(text, self.spec)
+    if self.subword is not None:
+      return self.subword.encode(text)
     if self.spec.type == "char":
       codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
       inside = codepoints < len(self._table)
@@ -321,6 +355,8 @@ class Tokenizer:
 
   def decode(self, ids: Sequence[int]) -> str:
     """Maps ids back to text. <pad> is dropped, <unk> is written as "<unk>"."""
+    if self.subword is not None:
+      return self.subword.decode(ids)
     ids = [int(i) for i in ids if int(i) != PAD_ID]
     if self.spec.type == "byte":
       data = bytes(i - NUM_RESERVED for i in ids if i >= NUM_RESERVED)
@@ -344,4 +380,7 @@ class Tokenizer:
       return data[0] + NUM_RESERVED if len(data) == 1 else None
     if token in RESERVED_TOKENS:
       return RESERVED_TOKENS.index(token)
+    if self.subword is not None:
+      ids = self.subword.encode(token)
+      return int(ids[0]) if len(ids) == 1 else None
     return self._ids.get(token)

@@ -7,6 +7,10 @@ are the reserved tokens `<pad>`, `<unk>`, `<eos>`.
 
 The order is deterministic: reserved tokens, then by count descending, then by
 token (code point order), so two runs over the same corpus give identical files.
+
+bpe and unigram tokenizers have tokenizer.model (a SentencePiece model, see
+dataspec/subword.py) instead; `write_for` / `read_for` handle either file and
+`fingerprint_for` hashes either, for metadata.json's vocab_fingerprint.
 """
 
 import hashlib
@@ -15,6 +19,7 @@ import re
 from typing import List, Mapping, Sequence
 
 from dataspec import storage
+from dataspec import subword
 from dataspec import tokenizer
 
 
@@ -94,3 +99,46 @@ def read_vocab(path: str) -> List[str]:
 def fingerprint(tokens: Sequence[str]) -> str:
   """A short hash that changes whenever any token or id changes."""
   return hashlib.sha256(format_vocab(tokens).encode("utf-8")).hexdigest()[:16]
+
+
+def file_for(root, spec: "tokenizer.TokenizerSpec") -> str:
+  """The vocabulary file of a DatasetPaths or ExportPaths `root`:
+  tokenizer.model (bpe, unigram) or vocab.txt."""
+  return root.tokenizer_model if spec.is_subword else root.vocab
+
+
+def fingerprint_for(spec: "tokenizer.TokenizerSpec", vocab) -> str:
+  """metadata.json's vocab_fingerprint of a vocabulary ("" for byte)."""
+  if not spec.uses_vocab:
+    return ""
+  return subword.fingerprint(vocab) if spec.is_subword else fingerprint(vocab)
+
+
+def write_for(root, spec: "tokenizer.TokenizerSpec", vocab):
+  """Writes the vocabulary (token list, or model bytes) into `root`."""
+  if not spec.uses_vocab:
+    return
+  if spec.is_subword:
+    storage.write_bytes(root.tokenizer_model, bytes(vocab))
+  else:
+    write_vocab(root.vocab, vocab)
+
+
+def read_for(root, spec: "tokenizer.TokenizerSpec", expected_fingerprint: str):
+  """The vocabulary in `root` (token list, model bytes, or None for byte).
+
+  Raises:
+    ValueError: the file does not match `expected_fingerprint` (metadata.json's
+      vocab_fingerprint): it was replaced after the data or model was made.
+  """
+  if not spec.uses_vocab:
+    return None
+  path = file_for(root, spec)
+  vocab = storage.read_bytes(path) if spec.is_subword else read_vocab(path)
+  found = fingerprint_for(spec, vocab)
+  if found != expected_fingerprint:
+    raise ValueError(
+        f"{path} does not match the vocab_fingerprint in metadata.json beside it "
+        f"({found} vs {expected_fingerprint}): the tokenizer differs from the one "
+        "the data was made (or the model was trained) with")
+  return vocab

@@ -202,6 +202,9 @@ def load_saved_model(export_dir: str, *, given: str):
         "(it was written by an older version). Re-export it from its "
         "checkpoints: textgen-train --dataset_dir=<its dataset> "
         f"--model_dir=<the training model_dir> --export_only")
+  # bpe/unigram exports tokenize with tensorflow-text's SentencePiece op,
+  # which importing the package registers.
+  import tensorflow_text  # pylint: disable=g-import-not-at-top,unused-import
   if not storage.is_gcs(export_dir):
     return tf.saved_model.load(ep.saved_model)
   local = tempfile.mkdtemp(prefix="textgen-saved-model-")

@@ -481,8 +481,7 @@ class Trainer:
     export_lib.write_weights(ep.weights, weights)
     storage.write_text(ep.model_config, self.spec.to_json())
     storage.write_text(ep.metadata, self.meta.to_json())
-    if self.vocab is not None:
-      vocab_lib.write_vocab(ep.vocab, self.vocab)
+    vocab_lib.write_for(ep, self.meta.tokenizer_spec, self.vocab)
     self._export_models(ep, weights)
     training = dict(result, config=self.config.to_json_dict(),
                     replicas=self.replicas, steps_per_epoch=self.steps_per_epoch)

@@ -1,5 +1,6 @@
 """The whole pipeline on DirectRunner: outputs decode to exactly the windows."""
 
+import dataclasses
 import glob
 import json
 import os
@@ -18,6 +19,7 @@ from beam_preprocess import pipeline
 from beam_preprocess import transforms
 from dataspec import metadata as M
 from dataspec import schema
+from dataspec import subword
 from dataspec import tokenizer as T
 from testutil import BEAM_ARGS, FRENCH, REPO, shakespeare_text
 
@@ -81,6 +83,65 @@ def test_word_level_hash_split_many_files(tmp_path):
   got = read_split(config.output_dir, meta, "train")
   assert got.shape == (meta.splits["train"].windows, 17)
   assert got.max() < 500 and got.min() >= 1  # never padding
+
+
+@pytest.mark.parametrize("kind", ["bpe", "unigram"])
+def test_subword_model_from_distributed_counts(tmp_path, kind):
+  """Two workers count pre-tokens, one trains SentencePiece on the sum: the
+  model is the one trained on the whole training text's counts, and the
+  windows are that model's ids."""
+  corpus = tmp_path / "corpus"
+  corpus.mkdir()
+  text = shakespeare_text(120_000).split("\n\n")
+  for i in range(6):
+    (corpus / f"part{i}.txt").write_text("\n\n".join(text[i::6]) + "\n")
+  spec = T.TokenizerSpec(type=kind, lowercase=True)
+  config = config_lib.PreprocessConfig(
+      input=(str(corpus),), output_dir=str(tmp_path / "out"), tokenizer=spec,
+      window_length=24, split_mode="tail", validation_fraction=0.1, chunk_bytes=4096,
+      max_vocab_size=600)
+  meta = pipeline.run(config, pipeline_args=["--direct_num_workers=2",
+                                             "--direct_running_mode=multi_threading"])
+  out = tmp_path / "out"
+  assert (out / "tokenizer.model").exists() and not (out / "vocab.txt").exists()
+  model = M.load_vocab_for(str(out), meta)
+  assert meta.vocab_fingerprint == subword.fingerprint(model)
+  assert meta.vocab_size == 600 and meta.token_dtype == "uint16"
+  files, _ = inputs.match_inputs([str(corpus)])
+  chunks = inputs.plan_chunks(files, split_mode="tail", validation_fraction=0.1,
+                              chunk_bytes=4096)
+  count = T.make_counter(spec)
+  whole = {}
+  for c in chunks:
+    if c.split == "train":
+      for w, n in count(transforms.read_chunk(c).decode("utf-8")).items():
+        whole[w] = whole.get(w, 0) + n
+  assert model == subword.train_model(whole, model_type=kind, vocab_size=600)
+  tok = T.Tokenizer(spec, vocab=model)
+  for split in ("train", "validation"):
+    expected = [tuple(w) for c in chunks if c.split == split
+                for w in schema.window_ids(tok.encode_bytes(transforms.read_chunk(c)),
+                                           window_length=24, stride=24)]
+    assert sorted(map(tuple, read_split(str(out), meta, split))) == sorted(expected)
+  assert meta.splits["train"].unknown_tokens == 0
+  # Over 2 bytes per token at 600 ids (bits per byte divides by bytes).
+  assert meta.splits["train"].bytes > 2 * meta.splits["train"].tokens
+  # A char run over it removes the model (no stale tokenizer.model).
+  pipeline.run(dataclasses.replace(config, tokenizer=T.TokenizerSpec(type="char"),
+                                   max_vocab_size=0, overwrite=True),
+               pipeline_args=BEAM_ARGS)
+  assert (out / "vocab.txt").exists() and not (out / "tokenizer.model").exists()
+
+
+def test_subword_options_are_checked_up_front(tmp_path, tiny_corpus):
+  for kw, message in [(dict(max_vocab_size=100), "at least 260 for --tokenizer=bpe"),
+                      (dict(character_coverage=0.5), r"\[0.98, 1\]")]:
+    with pytest.raises(ValueError, match=message):
+      config_lib.PreprocessConfig(input=(str(tiny_corpus),), output_dir=str(tmp_path),
+                                  tokenizer=T.TokenizerSpec(type="bpe"), **kw)
+  config = config_lib.PreprocessConfig(input=(str(tiny_corpus),), output_dir=str(tmp_path),
+                                       tokenizer=T.TokenizerSpec(type="unigram"))
+  assert config.max_vocab_size == subword.DEFAULT_VOCAB_SIZE
 
 
 def test_binary_empty_and_invalid_utf8_inputs(tmp_path):

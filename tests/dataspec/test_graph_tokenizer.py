@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from dataspec import graph_tokenizer as G
+from dataspec import subword
 from dataspec import tokenizer as T
 from dataspec import vocab as V
 from testutil import shakespeare_text
@@ -48,6 +49,9 @@ def _all_specs():
       T.NORMALIZATIONS, (False, True), T.PUNCTUATION_MODES, T.NUMBER_MODES, (False, True)):
     yield T.TokenizerSpec(type="word", normalization=norm, lowercase=lower,
                           punctuation=punct, numbers=numbers, line_eos=eos)
+  for kind, norm, lower in itertools.product(("bpe", "unigram"), ("nfc", "none"),
+                                             (False, True)):
+    yield T.TokenizerSpec(type=kind, normalization=norm, lowercase=lower)
 
 
 SPECS = list(_all_specs())
@@ -61,6 +65,11 @@ def _vocab_for(spec):
   half holds unknown tokens too."""
   if not spec.uses_vocab:
     return None
+  if spec.is_subword:
+    counts = T.make_counter(spec)(CORPUS + "".join(RANDOM_TEXTS[::4]))
+    # The rarest 2% of characters are bytes (byte fallback is tested).
+    return subword.train_model(counts, model_type=spec.type, vocab_size=800,
+                               character_coverage=0.98)
   counts = T.Tokenizer(spec, vocab=list(T.RESERVED_TOKENS)).count(
       CORPUS + "".join(RANDOM_TEXTS[::2]))
   return V.select_vocab(counts, max_vocab_size=400 if spec.type == "word" else 0,
@@ -93,6 +102,23 @@ def test_graph_tokenizer_equals_the_python_tokenizer(spec):
     piece, line_start = graph.piece(tf.constant([i], tf.int32), line_start)
     pieces += piece.numpy()[0]
   assert pieces.decode("utf-8", errors="replace") == py.decode(ids)
+
+
+@pytest.mark.parametrize("kind", ["bpe", "unigram"])
+def test_subword_continuation_keeps_its_leading_space(kind):
+  spec = T.TokenizerSpec(type=kind)
+  vocab = _vocab_for(spec)
+  py = T.Tokenizer(spec, vocab=vocab)
+  graph = G.GraphTokenizer(spec, vocab)
+  for prompt, rest in [("ROMEO: what", " say you?\nNo more"), ("First", " Citizen:"),
+                       ("line\n", "  indented"), ("", " lead")]:
+    ids = py.encode(prompt + rest).tolist()
+    cut = len(py.encode(prompt))
+    if ids[:cut] != py.encode(prompt).tolist():
+      continue  # the prompt's last piece merges across the cut
+    line_start = tf.constant([cut == 0 or ids[cut - 1] == T.EOS_ID])
+    text = graph.decode(tf.ragged.constant([ids[cut:]], dtype=tf.int32), line_start)
+    assert prompt + text.numpy()[0].decode("utf-8") == prompt + rest
 
 
 @pytest.mark.parametrize("spec", [SPECS[0], SPECS[1], SPECS[2], SPECS[20], SPECS[50]],

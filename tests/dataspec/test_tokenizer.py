@@ -73,7 +73,7 @@ def test_byte_has_no_unknowns_and_round_trips():
 
 def test_bad_options_name_the_flag():
   with pytest.raises(ValueError, match="--tokenizer"):
-    T.TokenizerSpec(type="bpe")
+    T.TokenizerSpec(type="wordpiece")
   with pytest.raises(ValueError, match="--punctuation"):
     T.TokenizerSpec(type="word", punctuation="drop")
   with pytest.raises(ValueError, match="needs a vocabulary"):

@@ -36,6 +36,8 @@ request = json.load(open(sys.argv[1]))
 
 _USE_SAVED_MODEL = _CLEAN_PRELUDE + r"""
 import tensorflow as tf
+if request.get("subword"):
+  import tensorflow_text  # registers the SentencePiece op (not project code)
 model = tf.saved_model.load(request["saved_model"])
 generate = model.signatures["generate"]
 assert model.signatures["serving_default"].structured_outputs.keys() == \
@@ -113,14 +115,35 @@ def word_run(tmp_path_factory):
   return root / "model", root / "data"
 
 
-def _compare_with_textgen_generate(model_dir, tmp_path):
+@pytest.fixture(scope="module")
+def bpe_run(tmp_path_factory):
+  """A bpe model (lowercase) trained a few steps: SentencePiece in the
+  SavedModel end to end."""
+  from beam_preprocess import config as pre_config
+  from beam_preprocess import pipeline
+  root = tmp_path_factory.mktemp("bpe")
+  corpus = root / "corpus.txt"
+  corpus.write_text(shakespeare_text(60_000) + "Un café, s'il vous plaît ☃.\n")
+  pipeline.run(pre_config.PreprocessConfig(
+      input=(str(corpus),), output_dir=str(root / "data"),
+      tokenizer=T.TokenizerSpec(type="bpe", lowercase=True),
+      window_length=16, split_mode="tail", validation_fraction=0.1,
+      max_vocab_size=500), pipeline_args=BEAM_ARGS)
+  config = train_config.TrainConfig(
+      dataset_dir=str(root / "data"), model_dir=str(root / "model"), train_steps=10,
+      strategy="one_device", **dict(SMALL_MODEL, embedding_dim=16, units=16))
+  train.run(config)
+  return root / "model", root / "data"
+
+
+def _compare_with_textgen_generate(model_dir, tmp_path, subword=False):
   prompts = tmp_path / "prompts.jsonl"
   prompts.write_text("".join(json.dumps({"id": str(i), "prompt": p}) + "\n"
                              for i, p in enumerate(PROMPTS)))
   texts = [shakespeare_text(3000)[1000:], "", "x", "Hello there.\nHow are you?"]
   got = _run_clean(_USE_SAVED_MODEL, {
       "saved_model": str(model_dir / "export" / "saved_model"), "prompts": PROMPTS,
-      "settings": SETTINGS, "texts": texts}, tmp_path)
+      "settings": SETTINGS, "texts": texts, "subword": subword}, tmp_path)
   assert got["modules"] == []
   for i, settings in enumerate(SETTINGS):
     out = tmp_path / f"samples{i}.jsonl"
@@ -164,6 +187,24 @@ def test_saved_model_generates_and_scores_like_the_jobs_char(tiny_run, tmp_path)
 def test_saved_model_generates_and_scores_like_the_jobs_word(word_run, tmp_path):
   got = _compare_with_textgen_generate(word_run[0], tmp_path)
   assert got["score"]["unknown_tokens"][3] > 0  # "hello" is not in 600 words
+
+
+def test_saved_model_generates_and_scores_like_the_jobs_bpe(bpe_run, tmp_path):
+  got = _compare_with_textgen_generate(bpe_run[0], tmp_path, subword=True)
+  text = shakespeare_text(3000)[1000:]
+  assert 0 < got["score"]["tokens"][0] < len(text) / 2  # subwords, not chars
+  assert got["score"]["unknown_tokens"] == [0, 0, 0, 0]  # byte fallback
+  # The export carries the model; a swapped one is refused.
+  export = bpe_run[0] / "export"
+  assert (export / "tokenizer.model").exists() and not (export / "vocab.txt").exists()
+  copy = tmp_path / "m"
+  shutil.copytree(bpe_run[0] / "export", copy / "export")
+  from dataspec import subword
+  (copy / "export" / "tokenizer.model").write_bytes(subword.train_model(
+      {"other": 3, "words": 2}, model_type="bpe", vocab_size=300))
+  with pytest.raises(ValueError, match="tokenizer.model does not match"):
+    generate.run(config_lib.GenerateConfig(model_dir=str(copy), prompt="A",
+                                           output=str(tmp_path / "s.jsonl")))
 
 
 def test_keras_file_opens_without_project_code(tiny_run, word_run, tmp_path):

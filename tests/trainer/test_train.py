@@ -103,6 +103,34 @@ def test_mismatched_vocabulary_is_refused(tiny_run, tiny_corpus, tmp_path):
     train.run(config)
 
 
+def test_other_subword_model_is_refused(tiny_corpus, tmp_path):
+  """Same tokenizer options and size, another SentencePiece model: resuming
+  on it is refused, and so is a dataset whose tokenizer.model was swapped."""
+  from beam_preprocess import config as pre_config
+  from beam_preprocess import pipeline
+  from dataspec import tokenizer
+  datasets = []
+  for min_count in (1, 3):
+    datasets.append(tmp_path / f"bpe{min_count}")
+    pipeline.run(pre_config.PreprocessConfig(
+        input=(str(tiny_corpus),), output_dir=str(datasets[-1]),
+        tokenizer=tokenizer.TokenizerSpec(type="bpe"), window_length=16,
+        split_mode="tail", validation_fraction=0.1, max_vocab_size=400,
+        min_count=min_count), pipeline_args=BEAM_ARGS)
+  model_dir = tmp_path / "model"
+  small = dict(SMALL_MODEL, units=8, embedding_dim=8, strategy="one_device")
+  train.run(config_lib.TrainConfig(dataset_dir=str(datasets[0]), model_dir=str(model_dir),
+                                   train_steps=2, **small))
+  with pytest.raises(ValueError, match="vocab_fingerprint"):
+    train.run(config_lib.TrainConfig(dataset_dir=str(datasets[1]),
+                                     model_dir=str(model_dir), train_steps=4, **small))
+  (datasets[0] / "tokenizer.model").write_bytes(
+      (datasets[1] / "tokenizer.model").read_bytes())
+  with pytest.raises(ValueError, match="tokenizer.model does not match"):
+    train.run(config_lib.TrainConfig(dataset_dir=str(datasets[0]),
+                                     model_dir=str(model_dir), train_steps=4, **small))
+
+
 def test_bad_flags_give_clear_errors(tiny_dataset, tmp_path):
   with pytest.raises(ValueError, match="--batch_size must be positive"):
     config_lib.TrainConfig(dataset_dir="d", model_dir="m", batch_size=0)
