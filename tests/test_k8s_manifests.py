@@ -20,8 +20,8 @@ from trainer import main as train_main
 from testutil import REPO
 
 K8S = os.path.join(REPO, "k8s")
-OVERLAYS = ["preprocess", "preprocess-dataflow", "train", "train-multiworker", "generate",
-            "eval"]
+OVERLAYS = ["preprocess", "preprocess-dataflow", "train", "train-multiworker",
+            "train-jobset", "generate", "eval"]
 K8S_VERSION = "1.33.0"
 COMMANDS = {"textgen-preprocess": preprocess_main, "textgen-train": train_main,
             "textgen-generate": generate_main, "textgen-eval": eval_main}
@@ -41,10 +41,13 @@ def build(overlay):
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_builds_and_validates_strictly(overlay, tmp_path):
-  text, docs = build(overlay)
-  assert any(d["kind"] == "Job" for d in docs)
+  _, docs = build(overlay)
+  assert _jobs(docs)
+  # A JobSet is not in the validator's schemas: its embedded Job templates,
+  # as the Jobs the JobSet controller creates, are validated instead.
   path = tmp_path / "built.yaml"
-  path.write_text(text)
+  path.write_text(yaml.safe_dump_all(
+      [d for d in docs if d["kind"] != "JobSet"] + [j for j in _jobs(docs) if _jobset_of(j)]))
   validate = os.path.join(os.path.dirname(sys.executable), "kubernetes-validate")
   result = subprocess.run([validate, "--strict", "-k", K8S_VERSION, str(path)],
                           capture_output=True, text=True)
@@ -53,7 +56,22 @@ def test_overlay_builds_and_validates_strictly(overlay, tmp_path):
 
 
 def _jobs(docs):
-  return [d for d in docs if d["kind"] == "Job"]
+  """The Jobs, and for each JobSet the Jobs its controller creates (named
+  <jobset>-<replicatedJob>-<index>, as its placement code does)."""
+  jobs = [d for d in docs if d["kind"] == "Job"]
+  for js in (d for d in docs if d["kind"] == "JobSet"):
+    for rj in js["spec"]["replicatedJobs"]:
+      for index in range(rj.get("replicas", 1)):
+        jobs.append({"apiVersion": "batch/v1", "kind": "Job",
+                     "metadata": {"name": f"{js['metadata']['name']}-{rj['name']}-{index}",
+                                  "labels": {"jobset.sigs.k8s.io/jobset-name":
+                                             js["metadata"]["name"]}},
+                     "spec": rj["template"]["spec"]})
+  return jobs
+
+
+def _jobset_of(job):
+  return job["metadata"].get("labels", {}).get("jobset.sigs.k8s.io/jobset-name")
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -67,6 +85,10 @@ def test_rules_a_server_enforces(overlay):
       assert pod["restartPolicy"] == "Never"
     if spec.get("completionMode") == "Indexed":
       assert spec["completions"] >= 1
+    if _jobset_of(job):  # JobSet restarts the whole group instead
+      assert spec["backoffLimit"] == 0
+    else:
+      assert spec["backoffLimit"] >= 1 and spec["ttlSecondsAfterFinished"] > 0
     if "subdomain" in pod:
       svc = services[pod["subdomain"]]
       assert svc["spec"]["clusterIP"] == "None"  # headless
@@ -75,7 +97,6 @@ def test_rules_a_server_enforces(overlay):
       pod_labels = dict(job["spec"]["template"]["metadata"].get("labels", {}),
                         **{"job-name": job["metadata"]["name"]})
       assert all(pod_labels.get(k) == v for k, v in selector.items())
-    assert spec["backoffLimit"] >= 1 and spec["ttlSecondsAfterFinished"] > 0
     assert pod["serviceAccountName"] == "textgen"
     assert pod["securityContext"]["runAsNonRoot"] is True
     for c in pod["containers"]:
@@ -126,9 +147,80 @@ def test_settings_are_in_one_place():
     assert maps and maps[0]["data"]["BUCKET"] == "my-textgen-bucket"
 
 
+# From the published JobSet API (kubernetes-sigs/jobset: the v1alpha2 CRD
+# and the admission webhook's checks), not copied from it.
+_JOBSET_SPEC = {"coordinator", "failurePolicy", "managedBy", "network", "replicatedJobs",
+                "startupPolicy", "successPolicy", "suspend", "ttlSecondsAfterFinished",
+                "volumeClaimPolicies"}
+_FAILURE_POLICY = {"maxRestarts", "restartStrategy", "rules"}
+_RESTART_STRATEGIES = {"Recreate", "BlockingRecreate", "InPlaceRestart"}
+_RULE = {"action", "name", "onJobFailureMessagePatterns", "onJobFailureReasons",
+         "targetReplicatedJobs"}
+_ACTIONS = {"FailJobSet", "RestartJobSet", "RestartJobSetAndIgnoreMaxRestarts", "RestartJob",
+            "RestartJobAndIgnoreMaxRestarts"}
+_JOB_FAILURE_REASONS = {"BackoffLimitExceeded", "DeadlineExceeded", "FailedIndexes",
+                        "MaxFailedIndexesExceeded", "PodFailurePolicy"}
+_NETWORK = {"enableDNSHostnames", "publishNotReadyAddresses", "subdomain"}
+_REPLICATED_JOB = {"dependsOn", "groupName", "name", "replicas", "template"}
+_DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?\Z")
+
+
+def test_jobset_follows_the_published_api():
+  _, docs = build("train-jobset")
+  jobsets = [d for d in docs if d["kind"] == "JobSet"]
+  assert len(jobsets) == 1 and not [d for d in docs if d["kind"] == "Job"]
+  js = jobsets[0]
+  assert js["apiVersion"] == "jobset.x-k8s.io/v1alpha2"
+  name, spec = js["metadata"]["name"], js["spec"]
+  assert set(spec) <= _JOBSET_SPEC, set(spec) - _JOBSET_SPEC
+  net = spec["network"]
+  assert set(net) <= _NETWORK and net["enableDNSHostnames"] is True
+  assert _DNS1035.match(net["subdomain"]) and len(net["subdomain"]) <= 63
+  rjs = spec["replicatedJobs"]
+  names = [rj["name"] for rj in rjs]
+  assert len(set(names)) == len(names)
+  for rj in rjs:
+    assert set(rj) <= _REPLICATED_JOB and {"name", "template"} <= set(rj)
+    assert isinstance(rj.get("replicas", 1), int) and rj.get("replicas", 1) >= 0
+    assert set(rj["template"]) <= {"metadata", "spec"}
+    # The webhook: generated Job and pod names must be DNS-1035 labels.
+    job_name = f"{name}-{rj['name']}-{rj.get('replicas', 1) - 1}"
+    pod_name = f"{job_name}-{rj['template']['spec']['completions'] - 1}-abcde"
+    for generated in (job_name, pod_name):
+      assert _DNS1035.match(generated) and len(generated) <= 63, generated
+  policy = spec["failurePolicy"]
+  assert set(policy) <= _FAILURE_POLICY and policy["restartStrategy"] in _RESTART_STRATEGIES
+  assert isinstance(policy["maxRestarts"], int) and policy["maxRestarts"] >= 1
+  for rule in policy["rules"]:
+    assert set(rule) <= _RULE and {"name", "action"} <= set(rule)
+    assert re.fullmatch(r"[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?", rule["name"])
+    assert rule["action"] in _ACTIONS
+    assert set(rule.get("onJobFailureReasons", [])) <= _JOB_FAILURE_REASONS
+    assert set(rule.get("targetReplicatedJobs", [])) <= set(names)
+  assert spec["successPolicy"]["operator"] in ("All", "Any")
+  assert set(spec["successPolicy"].get("targetReplicatedJobs", [])) <= set(names)
+  # What this overlay is for: preemption (exit 143 or a DisruptionTarget
+  # condition) fails the Job by its podFailurePolicy, and that reason
+  # restarts the group without counting against maxRestarts; any other
+  # failure fails the Job at once (backoffLimit 0) and restarts it, counted.
+  preemption = [r for r in policy["rules"] if "PodFailurePolicy" in r.get("onJobFailureReasons", [])]
+  assert [r["action"] for r in preemption] == ["RestartJobSetAndIgnoreMaxRestarts"]
+  job = rjs[0]["template"]["spec"]
+  rules = job["podFailurePolicy"]["rules"]
+  assert {"action": "FailJob", "onExitCodes": {"containerName": "train", "operator": "In",
+                                               "values": [143]}} in rules
+  assert any(r["action"] == "FailJob" and r.get("onPodConditions", [{}])[0].get("type")
+             == "DisruptionTarget" for r in rules)
+  assert job["backoffLimit"] == 0 and job["completionMode"] == "Indexed"
+  assert "subdomain" not in job["template"]["spec"]  # the JobSet's network sets it
+
+
+@pytest.mark.parametrize("overlay,hosts", [
+    ("train-multiworker", "textgen-train-mw-{i}.textgen-train-workers:2222"),
+    ("train-jobset", "textgen-train-js-workers-0-{i}.textgen-train-js:2222")])
 @pytest.mark.parametrize("num_workers", [1, 2, 4])
-def test_tf_config_derivation_for_every_index(num_workers):
-  _, docs = build("train-multiworker")
+def test_tf_config_derivation_for_every_index(num_workers, overlay, hosts):
+  _, docs = build(overlay)
   job = _jobs(docs)[0]
   env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
   seen = []
@@ -138,8 +230,7 @@ def test_tf_config_derivation_for_every_index(num_workers):
         "TEXTGEN_WORKER_HOSTNAME": env["TEXTGEN_WORKER_HOSTNAME"],
         "TEXTGEN_WORKER_PORT": env["TEXTGEN_WORKER_PORT"]}))
     assert derived["task"] == {"type": "worker", "index": index}
-    assert derived["cluster"]["worker"] == [
-        f"textgen-train-mw-{i}.textgen-train-workers:2222" for i in range(num_workers)]
+    assert derived["cluster"]["worker"] == [hosts.format(i=i) for i in range(num_workers)]
     seen.append(derived["cluster"])
   assert all(c == seen[0] for c in seen)  # every worker sees the same cluster
   assert int(env["TEXTGEN_NUM_WORKERS"]) == job["spec"]["completions"] == job["spec"]["parallelism"]

@@ -61,6 +61,12 @@ class CheckpointStore:
         checkpoint, directory=self._staging, max_to_keep=keep,
         checkpoint_name="ckpt")
 
+  @property
+  def manager(self) -> tf.train.CheckpointManager:
+    """The manager that writes this worker's checkpoints (the directory
+    itself on a local chief; a staging directory otherwise)."""
+    return self._manager
+
   # ---- reading ---------------------------------------------------------
 
   def committed_steps(self):

@@ -41,6 +41,10 @@ class TrainConfig:
       (TF_CONFIG), "one_device".
     num_cpu_devices: split the CPU into this many logical devices (testing
       MirroredStrategy without GPUs); 0 = leave as is.
+    collective_timeout: multi_worker: seconds a cross-worker all-reduce may
+      wait for its peers before the run fails (a worker that froze or was
+      cut off without a TCP reset); must exceed the longest pause of one
+      worker, e.g. the chief writing a checkpoint. 0 = wait forever.
     mixed_precision: mixed_float16 compute (GPU); the output stays float32.
     shuffle_buffer: windows in the shuffle buffer.
     log_every: steps between progress lines and TensorBoard points.
@@ -79,6 +83,7 @@ class TrainConfig:
   clip_norm: float = 1.0
   strategy: str = "mirrored"
   num_cpu_devices: int = 0
+  collective_timeout: float = 600.0
   mixed_precision: bool = False
   shuffle_buffer: int = 10000
   log_every: int = 50
@@ -111,7 +116,7 @@ class TrainConfig:
       positive(name)
     for name in ("train_steps", "weight_decay", "warmup_steps", "clip_norm",
                  "eval_every", "eval_steps", "early_stopping_patience",
-                 "num_cpu_devices", "unigram_bias_tokens"):
+                 "num_cpu_devices", "unigram_bias_tokens", "collective_timeout"):
       non_negative(name)
     for name in ("dropout", "embedding_dropout", "recurrent_dropout"):
       if not 0 <= getattr(self, name) < 1:

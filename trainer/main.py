@@ -51,6 +51,9 @@ _STRATEGY = flags.DEFINE_enum("strategy", "mirrored", config_lib.STRATEGIES,
                               "tf.distribute strategy.", flag_values=FLAGS)
 _NUM_CPU_DEVICES = flags.DEFINE_integer(
     "num_cpu_devices", 0, "Split the CPU into N logical devices (testing).", flag_values=FLAGS)
+_COLLECTIVE_TIMEOUT = flags.DEFINE_float(
+    "collective_timeout", 600.0, "multi_worker: seconds an all-reduce waits for a "
+    "frozen or unreachable peer before the run fails; 0 = forever.", flag_values=FLAGS)
 _MIXED_PRECISION = flags.DEFINE_bool("mixed_precision", False, "mixed_float16 (GPU).", flag_values=FLAGS)
 _SHUFFLE_BUFFER = flags.DEFINE_integer("shuffle_buffer", 10000, "Shuffle buffer (windows).", flag_values=FLAGS)
 _LOG_EVERY = flags.DEFINE_integer("log_every", 50, "Steps between progress lines.", flag_values=FLAGS)
@@ -86,6 +89,7 @@ def config_from_flags() -> config_lib.TrainConfig:
       schedule=_SCHEDULE.value, min_learning_rate_ratio=_MIN_LR_RATIO.value,
       clip_norm=_CLIP_NORM.value, strategy=_STRATEGY.value,
       num_cpu_devices=_NUM_CPU_DEVICES.value,
+      collective_timeout=_COLLECTIVE_TIMEOUT.value,
       mixed_precision=_MIXED_PRECISION.value,
       shuffle_buffer=_SHUFFLE_BUFFER.value, log_every=_LOG_EVERY.value,
       eval_every=_EVAL_EVERY.value, eval_steps=_EVAL_STEPS.value,

@@ -4,6 +4,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import signal
 import tempfile
 import time
@@ -55,8 +56,12 @@ def create_strategy(config) -> tf.distribute.Strategy:
                        "Indexed Job's JOB_COMPLETION_INDEX with TEXTGEN_NUM_WORKERS "
                        "and TEXTGEN_WORKER_HOSTNAME (see trainer/cluster.py)")
     # Must come before anything initializes the TF runtime (listing logical
-    # devices would): collective ops are configured at start-up.
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    # devices would): collective ops are configured at start-up. The timeout
+    # bounds every all-reduce, so a worker whose peer froze or was cut off
+    # without a TCP reset fails instead of waiting forever.
+    options = tf.distribute.experimental.CommunicationOptions(
+        timeout_seconds=config.collective_timeout or None)
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
   gpus = tf.config.list_logical_devices("GPU")
   if config.strategy == "one_device":
     return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
@@ -64,6 +69,38 @@ def create_strategy(config) -> tf.distribute.Strategy:
     return tf.distribute.MirroredStrategy(
         [d.name for d in tf.config.list_logical_devices("CPU")])
   return tf.distribute.MirroredStrategy()
+
+
+# What a collective that lost its peer raises (the peer's task is in the text).
+_PEER_ERRORS = (tf.errors.DeadlineExceededError, tf.errors.UnavailableError,
+                tf.errors.AbortedError, tf.errors.CancelledError,
+                tf.errors.FailedPreconditionError, tf.errors.InternalError)
+_TASK = re.compile(r"/job:(\w+)/replica:\d+/task:(\d+)")
+
+
+def describe_lost_peer(error: Exception, tf_config: dict) -> str:
+  """One line naming the worker(s) an error points at, with their addresses.
+
+  Example:
+    >>> describe_lost_peer(Exception("... /job:worker/replica:0/task:1 ..."),
+    ...                    {"cluster": {"worker": ["a:1", "b:2"]},
+    ...                     "task": {"type": "worker", "index": 0}})
+    'Lost contact with worker 1 (b:2) ...'
+  """
+  cluster_spec = tf_config.get("cluster", {})
+  me = tf_config.get("task", {})
+  named = []
+  for job, index in _TASK.findall(str(error)):
+    if (job, int(index)) != (me.get("type"), me.get("index")) and (job, int(index)) not in named:
+      named.append((job, int(index)))
+  if not named:  # the error does not say: every other worker is a suspect
+    named = [(job, i) for job, hosts in cluster_spec.items() for i in range(len(hosts))
+             if (job, i) != (me.get("type"), me.get("index"))]
+  peers = ", ".join(f"{job} {i} ({cluster_spec.get(job, ['?'] * (i + 1))[i]})"
+                    for job, i in named)
+  first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+  return (f"Lost contact with {peers} ({type(error).__name__}: {first[:300]}). "
+          "Restart every worker: they resume from the last checkpoint.")
 
 
 def is_chief(strategy) -> bool:
@@ -190,6 +227,7 @@ class Trainer:
         directory=storage.join(self.run_paths.checkpoints, "best"),
         checkpoint=best_ckpt, keep=1, is_chief=self.chief)
     self._stop_requested = False
+    self.preemption = None  # multi_worker: a PreemptionCheckpointHandler
     self._build_functions()
 
   # ---- compiled steps ---------------------------------------------------
@@ -303,8 +341,32 @@ class Trainer:
   # ---- the loop ------------------------------------------------------------
 
   def _on_sigterm(self, signum, frame):  # pylint: disable=unused-argument
-    logging.warning("SIGTERM received: checkpointing at the next step boundary")
+    logging.warning("SIGTERM received: checkpointing at the next step boundary%s",
+                    " (all workers, at one step)" if self.preemption else "")
     self._stop_requested = True
+
+  def _make_preemption_handler(self):
+    """multi_worker: TensorFlow's PreemptionCheckpointHandler. A SIGTERM to
+    any worker makes every worker save one checkpoint at the same step and
+    exit with PREEMPTED_EXIT_CODE: the worker that got it announces a step
+    through the coordination service, every worker acknowledges, trains to
+    that step and saves. Our SIGTERM flag is its termination watcher (on
+    every platform, also GCE, where it would otherwise poll GCE maintenance
+    events), grace period 0 (save at once: a pod gets ~30 s)."""
+    def save():
+      step = int(self.step.numpy())
+      self.store.save(step)
+      self.store.wait()
+      logging.warning("Preempted at step %d: every worker saved a checkpoint", step)
+
+    def leave():
+      raise Preempted()
+
+    return tf.distribute.experimental.PreemptionCheckpointHandler(
+        self.strategy.cluster_resolver, self.store.manager,
+        termination_config=tf.distribute.experimental.TerminationConfig(
+            termination_watcher_fn=lambda: self._stop_requested, exit_fn=leave,
+            grace_period=0, save_fn=save))
 
   def _tensorboard_dir(self) -> str:
     """Where event files are written: model_dir/tensorboard, or a local
@@ -349,7 +411,15 @@ class Trainer:
       return self.export({"step": int(self.step.numpy())})
     previous = signal.signal(signal.SIGTERM, self._on_sigterm)
     try:
+      if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        # After the restore above: its own restore finds nothing new.
+        self.preemption = self._make_preemption_handler()
       result = self._loop()
+    except _PEER_ERRORS as err:
+      if self.preemption is None:
+        raise
+      logging.error("%s", describe_lost_peer(err, json.loads(os.environ.get("TF_CONFIG", "{}"))))
+      raise
     finally:
       signal.signal(signal.SIGTERM, previous)
       self.store.wait()
@@ -407,7 +477,9 @@ class Trainer:
       if step % config.checkpoint_every == 0 or step == self.total_steps:
         self.store.save(step)
         self._sync_tensorboard(train_writer, val_writer)
-      if self._stop_requested:
+      if self.preemption is not None:
+        self.preemption.save_checkpoint_if_preempted()  # may save and exit
+      elif self._stop_requested:
         self.store.save(step)
         self.store.wait()
         logging.warning("Preempted at step %d; checkpoint saved, exiting", step)
