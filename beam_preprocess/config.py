@@ -87,16 +87,8 @@ class PreprocessConfig:
     if self.tokenizer.is_subword:
       if self.max_vocab_size == 0:
         object.__setattr__(self, "max_vocab_size", subword.DEFAULT_VOCAB_SIZE)
-      minimum = tokenizer.NUM_RESERVED + 256 + 1
-      if self.max_vocab_size < minimum:
-        raise ValueError(
-            f"--max_vocab_size must be at least {minimum} for --tokenizer="
-            f"{self.tokenizer.type} (3 reserved and 256 byte ids come first), "
-            f"got {self.max_vocab_size}")
-    if not 0.98 <= self.character_coverage <= 1:
-      raise ValueError("--character_coverage must be in [0.98, 1] (SentencePiece's "
-                       "range), got "
-                       f"{self.character_coverage}")
+      subword.check_vocab_size(self.tokenizer.type, self.max_vocab_size)
+    subword.check_character_coverage(self.character_coverage)
     if self.min_count < 1:
       raise ValueError(f"--min_count must be at least 1, got {self.min_count}")
     if self.num_shards < 0:

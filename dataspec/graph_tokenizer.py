@@ -35,7 +35,7 @@ array of code points with row ids, and token boundaries never cross rows.
 
 import functools
 import unicodedata
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -274,11 +274,10 @@ class GraphTokenizer(tf.Module):
       values = tf.reshape(tf.io.decode_raw(pieces.flat_values, tf.uint8), [-1])
       return pieces.with_flat_values(
           tf.cast(values, tf.int32) + tokenizer_lib.NUM_RESERVED)
-    texts = tf.strings.unicode_transcode(texts, "UTF-8", "UTF-8", errors="replace",
-                                         replacement_char=0xFFFD)
+    texts = self.normalize(_replace_invalid_utf8(texts))
     if self.spec.is_subword:
-      return self._encode_subwords(self.normalize(texts))
-    cps = tf.strings.unicode_decode(self.normalize(texts), "UTF-8")  # (batch, None)
+      return self._encode_subwords(texts)
+    cps = tf.strings.unicode_decode(texts, "UTF-8")  # (batch, None)
     if self.spec.type == "char":
       return cps.with_flat_values(self._char_ids_of(cps.flat_values))
     return self._encode_words(cps)
@@ -357,8 +356,7 @@ class GraphTokenizer(tf.Module):
       data = tf.ragged.boolean_mask(ids, ids >= tokenizer_lib.NUM_RESERVED)
       raw = tf.strings.reduce_join(data.with_flat_values(_byte_strings(
           data.flat_values - tokenizer_lib.NUM_RESERVED)), axis=1)
-      return tf.strings.unicode_transcode(raw, "UTF-8", "UTF-8", errors="replace",
-                                          replacement_char=0xFFFD)
+      return _replace_invalid_utf8(raw)
     pieces = ids.with_flat_values(tf.gather(self._pieces, ids.flat_values))
     if self.spec.type == "char":
       return tf.strings.reduce_join(pieces, axis=1)
@@ -380,9 +378,7 @@ class GraphTokenizer(tf.Module):
     after_eos = tf.equal(tf.roll(flat, 1, 0), tokenizer_lib.EOS_ID)
     starts_line = tf.where(first, row_start, after_eos)
     pieces = _drop_leading_space(tf.gather(self._pieces, flat), starts_line)
-    raw = tf.strings.reduce_join(ids.with_flat_values(pieces), axis=1)
-    return tf.strings.unicode_transcode(raw, "UTF-8", "UTF-8", errors="replace",
-                                        replacement_char=0xFFFD)
+    return _replace_invalid_utf8(tf.strings.reduce_join(ids.with_flat_values(pieces), axis=1))
 
   def piece(self, ids: tf.Tensor, after_line_start: tf.Tensor):
     """What one more id appends to decoded text, per row (incremental decode).
@@ -577,6 +573,12 @@ def _start_id(spec, vocab) -> Optional[int]:
   if spec.type == "word":
     return tokenizer_lib.EOS_ID if spec.line_eos else None
   return vocab.index("\n") if "\n" in vocab[tokenizer_lib.NUM_RESERVED:] else None
+
+
+def _replace_invalid_utf8(texts: tf.Tensor) -> tf.Tensor:
+  """Bytes that are not UTF-8 become U+FFFD, as Python's errors="replace"."""
+  return tf.strings.unicode_transcode(texts, "UTF-8", "UTF-8", errors="replace",
+                                      replacement_char=0xFFFD)
 
 
 def _drop_leading_space(pieces: tf.Tensor, where: tf.Tensor) -> tf.Tensor:

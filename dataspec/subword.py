@@ -42,6 +42,7 @@ SPACE = "\u2581"  # SentencePiece's meta symbol for a space ("▁")
 _EOS = (2,)
 UNK_TEXT = "<unk>"  # What decode writes for <unk> (as char and word do).
 DEFAULT_VOCAB_SIZE = 8000
+MIN_VOCAB_SIZE = len(RESERVED_TOKENS) + 256 + 1  # reserved, bytes, one piece
 DEFAULT_CHARACTER_COVERAGE = 0.9995
 # The most distinct pre-tokens handed to SentencePiece (the most frequent
 # ones); rarer words are still encoded, from smaller pieces or bytes.
@@ -52,6 +53,21 @@ TRAINING_THREADS = 8
 # SentencePiece cannot take a pre-token longer than this (its default
 # max_sentence_length is 4192 bytes); longer ones are left out of training.
 _MAX_WORD_BYTES = 4096
+
+
+def check_vocab_size(model_type: str, vocab_size: int):
+  """Raises ValueError naming --max_vocab_size if a model cannot be this small."""
+  if vocab_size < MIN_VOCAB_SIZE:
+    raise ValueError(f"--max_vocab_size must be at least {MIN_VOCAB_SIZE} for "
+                     f"--tokenizer={model_type} (3 reserved ids and 256 byte ids "
+                     f"come first), got {vocab_size}")
+
+
+def check_character_coverage(character_coverage: float):
+  """Raises ValueError naming --character_coverage outside SentencePiece's range."""
+  if not 0.98 <= character_coverage <= 1:
+    raise ValueError("--character_coverage must be in [0.98, 1] (SentencePiece's "
+                     f"range), got {character_coverage}")
 
 
 def pretoken_counts(text: str) -> collections.Counter:
@@ -88,14 +104,8 @@ def train_model(counts: Mapping[str, int], *, model_type: str, vocab_size: int,
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top
   if model_type not in SUBWORD_TYPES:
     raise ValueError(f"model_type must be one of {SUBWORD_TYPES}, got {model_type!r}")
-  minimum = len(RESERVED_TOKENS) + 256 + 1
-  if vocab_size < minimum:
-    raise ValueError(f"--max_vocab_size must be at least {minimum} for "
-                     f"--tokenizer={model_type} (3 reserved ids and 256 byte ids "
-                     f"come first), got {vocab_size}")
-  if not 0.98 <= character_coverage <= 1:
-    raise ValueError("--character_coverage must be in [0.98, 1] (SentencePiece's "
-                     f"range), got {character_coverage}")
+  check_vocab_size(model_type, vocab_size)
+  check_character_coverage(character_coverage)
   words = [(w, c) for w, c in counts.items()
            if c >= min_count and len(w.encode("utf-8")) <= _MAX_WORD_BYTES
            and "\t" not in w and "\n" not in w]
