@@ -91,7 +91,18 @@ def peak_report(shapes: Iterable[Tuple[str, Tuple[int, int, int]]] = ()) -> Dict
 
 
 def peak_rss_mb() -> float:
-  """This process's peak resident memory."""
+  """This process's peak resident memory: VmHWM, its own address space's high
+  water mark. Not getrusage's ru_maxrss: Linux carries that across exec, so a
+  worker started by a parent that had used 1 GB reported at least 1 GB
+  (bench_train.py's parent prepares the dataset: every batch-64 figure of
+  one run came out as the same 1,055 MB, PyTorch's included)."""
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) / 1024
+  except OSError:
+    pass
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
