@@ -95,7 +95,7 @@ def peak_rss_mb() -> float:
   water mark. Not getrusage's ru_maxrss: Linux carries that across exec, so a
   worker started by a parent that had used 1 GB reported at least 1 GB
   (bench_train.py's parent prepares the dataset: every batch-64 figure of
-  one run came out as the same 1,055 MB, PyTorch's included)."""
+  one run came out as 1,055-1,056 MB, PyTorch's included)."""
   try:
     with open("/proc/self/status", encoding="ascii") as f:
       for line in f:
