@@ -113,6 +113,19 @@ _LONG = dict(train_steps=600, log_every=2, eval_every=600, checkpoint_every=10_0
 _MORE = 20
 
 
+def _restart_and_finish(tiny_dataset, tmp_path, model_dir, settings, resume_step):
+  """Restarts both workers on model_dir: they resume from resume_step and
+  finish _MORE steps later with the same weights."""
+  end = resume_step + _MORE
+  again = Cluster(tmp_path, tiny_dataset, model_dir, "second", **dict(settings, train_steps=end))
+  codes = again.wait()
+  assert codes == [0, 0], again.log(0)[-3000:] + again.log(1)[-3000:]
+  for worker in (0, 1):
+    assert f"Resuming at step {resume_step} of {end}" in again.log(worker)
+  assert f"step {end}/{end}" in again.log(0)
+  _assert_same_weights(again)
+
+
 @pytest.mark.slow
 def test_sigterm_to_one_worker_checkpoints_all_at_one_step(tiny_dataset, tmp_path):
   model_dir = tmp_path / "model"
@@ -126,14 +139,7 @@ def test_sigterm_to_one_worker_checkpoints_all_at_one_step(tiny_dataset, tmp_pat
   assert len(steps) == 1 and 20 <= steps[0] < 600, steps
   saved = [int(s) for s in re.findall(r"Preempted at step (\d+): every worker", logs)]
   assert saved == [steps[0], steps[0]], saved  # both workers, the same step
-  end = steps[0] + _MORE
-  again = Cluster(tmp_path, tiny_dataset, model_dir, "second", **dict(_LONG, train_steps=end))
-  codes = again.wait()
-  assert codes == [0, 0], again.log(0)[-3000:] + again.log(1)[-3000:]
-  assert f"Resuming at step {steps[0]} of {end}" in again.log(0)
-  assert f"Resuming at step {steps[0]} of {end}" in again.log(1)
-  assert f"step {end}/{end}" in again.log(0)
-  _assert_same_weights(again)
+  _restart_and_finish(tiny_dataset, tmp_path, model_dir, _LONG, steps[0])
 
 
 def _lost_worker_then_restart(tiny_dataset, tmp_path, stop_signal):
@@ -155,13 +161,7 @@ def _lost_worker_then_restart(tiny_dataset, tmp_path, stop_signal):
                    rf"{cluster.hosts[1]}|task:1|task 1", cluster.log(0)), cluster.log(0)[-3000:]
   steps = _checkpoint_steps(model_dir)
   assert steps and steps[-1] >= 40
-  end = steps[-1] + _MORE
-  again = Cluster(tmp_path, tiny_dataset, model_dir, "second", **dict(settings, train_steps=end))
-  codes = again.wait()
-  assert codes == [0, 0], again.log(0)[-3000:] + again.log(1)[-3000:]
-  assert f"Resuming at step {steps[-1]} of {end}" in again.log(0)
-  assert f"step {end}/{end}" in again.log(0)
-  _assert_same_weights(again)
+  _restart_and_finish(tiny_dataset, tmp_path, model_dir, settings, steps[-1])
   return cluster
 
 

@@ -42,29 +42,35 @@ def _latest_step(model_dir):
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(tiny_dataset, tmp_path):
   straight = str(tmp_path / "straight")
+  straight_log = tmp_path / "straight.log"
   # The uninterrupted run goes alongside the killed one (each process spends
-  # most of its first seconds starting TensorFlow on one core).
-  straight_log = open(tmp_path / "straight.log", "w")
-  straight_proc = subprocess.Popen(_command(str(tiny_dataset), straight), env=_env(),
-                                   stdout=straight_log, stderr=subprocess.STDOUT)
-  resumed = str(tmp_path / "resumed")
-  kill_after = random.Random().randint(5, 45)
-  proc = subprocess.Popen(_command(str(tiny_dataset), resumed), env=_env(),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 120
-  while time.time() < deadline and _latest_step(resumed) < kill_after and proc.poll() is None:
-    time.sleep(0.02)
-  time.sleep(random.random() * 0.3)  # anywhere in a step or a checkpoint write
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  killed_at = _latest_step(resumed)
-  assert 0 < killed_at < STEPS, "the run was not killed mid-way"
-  assert not os.path.exists(os.path.join(resumed, "export", "EXPORTED"))
-  out = subprocess.run(_command(str(tiny_dataset), resumed), env=_env(), check=True,
-                       capture_output=True, text=True)
-  assert f"Resuming at step {killed_at}" in out.stderr
-  assert straight_proc.wait(timeout=300) == 0, (tmp_path / "straight.log").read_text()[-3000:]
-  straight_log.close()
+  # most of its first seconds starting TensorFlow on one core); it is killed
+  # if the test fails before waiting for it.
+  with open(straight_log, "w") as log:
+    straight_proc = subprocess.Popen(_command(str(tiny_dataset), straight), env=_env(),
+                                     stdout=log, stderr=subprocess.STDOUT)
+  try:
+    resumed = str(tmp_path / "resumed")
+    kill_after = random.Random().randint(5, 45)
+    proc = subprocess.Popen(_command(str(tiny_dataset), resumed), env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and _latest_step(resumed) < kill_after and proc.poll() is None:
+      time.sleep(0.02)
+    time.sleep(random.random() * 0.3)  # anywhere in a step or a checkpoint write
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = _latest_step(resumed)
+    assert 0 < killed_at < STEPS, "the run was not killed mid-way"
+    assert not os.path.exists(os.path.join(resumed, "export", "EXPORTED"))
+    out = subprocess.run(_command(str(tiny_dataset), resumed), env=_env(), check=True,
+                         capture_output=True, text=True)
+    assert f"Resuming at step {killed_at}" in out.stderr
+    assert straight_proc.wait(timeout=300) == 0, straight_log.read_text()[-3000:]
+  finally:
+    if straight_proc.poll() is None:
+      straight_proc.kill()
+      straight_proc.wait()
   step_a, loss_a = _final(straight)
   step_b, loss_b = _final(resumed)
   assert step_a == step_b == STEPS
