@@ -15,10 +15,13 @@ Builds a corpus of at least --corpus_mb MB by concatenating the files in
 on DirectRunner (FnApiRunner), and prints MB/s of raw text, windows/s and the
 ratio. bpe and unigram (SentencePiece, 8,000 ids, trained from the pipeline's
 word counts; no tutorial does subwords, so there is no naive row) run ours
-only, in the same run on the same corpus. Wall time includes pipeline
-start-up (and for subwords, training the model).
+only, in the same run on the same corpus. Each pipeline runs in a fresh
+process (as `textgen-preprocess` does), which also reports its peak RSS.
+Wall time includes pipeline start-up (and for subwords, training the
+model), not the process's imports.
 """
 
+import json
 import os
 import sys
 import tempfile
@@ -33,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from beam_preprocess import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from beam_preprocess import pipeline  # pylint: disable=wrong-import-position
 from dataspec import tokenizer as tokenizer_lib  # pylint: disable=wrong-import-position
+import machine  # pylint: disable=wrong-import-position
 
 _CORPUS_MB = flags.DEFINE_float("corpus_mb", 21, "Least corpus size in MB.")
 _WORKERS = flags.DEFINE_integer("workers", 2, "DirectRunner workers.")
@@ -44,7 +48,13 @@ _TOKENIZERS = flags.DEFINE_list("tokenizers", ["char", "word", "bpe", "unigram"]
                                 "Tokenizers to run (bpe, unigram: ours only).")
 _MODE = flags.DEFINE_string("mode", "multi_threading", "Our --direct_running_mode.")
 _NAIVE_MODES = flags.DEFINE_list("naive_modes", ["multi_processing"],
-                                 "Naive --direct_running_mode(s); the fastest counts.")
+                                 "Naive --direct_running_mode(s); the fastest counts (empty: ours only).")
+
+_WORKER = flags.DEFINE_enum("worker", None, ["ours", "naive"],
+                            "Internal: run one pipeline and print its result.")
+_TOKENIZER = flags.DEFINE_string("tokenizer", "char", "Internal: the worker's tokenizer.")
+_CORPUS = flags.DEFINE_string("corpus", None, "Internal: the worker's corpus file.")
+_OUT = flags.DEFINE_string("out", None, "Internal: the worker's output directory.")
 
 _FILES = ("tinyshakespeare/input.txt", "ptb/ptb.train.txt",
           "frankenstein/frankenstein.txt", "wikitext-2/valid.txt",
@@ -107,46 +117,74 @@ def run_naive(corpus: str, out_dir: str, spec, window_length: int, workers: int,
   return int(open(os.path.join(out_dir, "n")).read())
 
 
-def main(_):
-  work = tempfile.mkdtemp(prefix="bench-preprocess-")
-  corpus = os.path.join(work, "corpus.txt")
-  size = build_corpus(corpus, int(_CORPUS_MB.value * 1e6))
-  mb = size / 1e6
-  print(f"corpus: {mb:.1f} MB, DirectRunner (FnApiRunner) with {_WORKERS.value} "
-        f"worker(s) (ours: {_MODE.value}; naive: fastest of "
-        f"{', '.join(_NAIVE_MODES.value)}), window_length={_WINDOW.value}, "
-        f"{os.cpu_count()} CPUs")
-  rows = []
-  for tok in _TOKENIZERS.value:
-    spec = tokenizer_lib.TokenizerSpec(type=tok)
+def measure(worker: str, tok: str, mode: str, corpus: str, out_dir: str) -> dict:
+  """Runs one pipeline in a fresh process: {"seconds", "windows", "peak_rss_mb"}.
+
+  A process per pipeline, as `textgen-preprocess` runs: several pipelines in
+  one process (this bench's first form) blew up by gigabytes inside Beam's
+  in-memory shuffle in 4 of 38 runs, always a later pipeline of the process
+  (README, "Preprocessing"); 60 single-pipeline processes never did.
+  """
+  return machine.run_worker(__file__, f"--worker={worker}", f"--tokenizer={tok}",
+                            f"--mode={mode}", f"--corpus={corpus}", f"--out={out_dir}",
+                            f"--workers={_WORKERS.value}",
+                            f"--window_length={_WINDOW.value}")
+
+
+def run_worker() -> None:
+  """The --worker side of measure(): prints one JSON line."""
+  spec = tokenizer_lib.TokenizerSpec(type=_TOKENIZER.value)
+  start = time.perf_counter()
+  if _WORKER.value == "ours":
     config = config_lib.PreprocessConfig(
-        input=(corpus,), output_dir=os.path.join(work, f"ours-{tok}"),
-        tokenizer=spec, window_length=_WINDOW.value, split_mode="tail",
-        validation_fraction=0.0)
-    start = time.perf_counter()
+        input=(_CORPUS.value,), output_dir=_OUT.value, tokenizer=spec,
+        window_length=_WINDOW.value, split_mode="tail", validation_fraction=0.0)
     meta = pipeline.run(config, pipeline_args=pipeline_args(_WORKERS.value, _MODE.value))
-    ours_s = time.perf_counter() - start
-    ours_windows = meta.splits["train"].windows
-    naive_s = float("inf")
-    if spec.is_subword:
-      rows.append((tok, mb / ours_s, ours_windows / ours_s, None, None, None))
-      continue
-    for mode in _NAIVE_MODES.value:
-      start = time.perf_counter()
-      naive_windows = run_naive(corpus, os.path.join(work, f"naive-{tok}-{mode}"), spec,
-                                _WINDOW.value, _WORKERS.value, mode)
-      seconds = time.perf_counter() - start
-      print(f"naive {tok} {mode}: {mb / seconds:.2f} MB/s")
-      naive_s = min(naive_s, seconds)
-    rows.append((tok, mb / ours_s, ours_windows / ours_s, mb / naive_s,
-                 naive_windows / naive_s, naive_s / ours_s))
-  print("\n| tokenizer | ours MB/s | ours windows/s | naive MB/s | naive windows/s | speed-up |")
-  print("|---|---:|---:|---:|---:|---:|")
-  for tok, omb, ow, nmb, nw, ratio in rows:
-    if nmb is None:
-      print(f"| {tok} | {omb:.2f} | {ow:,.0f} | – | – | – |")
-    else:
-      print(f"| {tok} | {omb:.2f} | {ow:,.0f} | {nmb:.2f} | {nw:,.0f} | {ratio:.1f}x |")
+    windows = meta.splits["train"].windows
+  else:
+    windows = run_naive(_CORPUS.value, _OUT.value, spec, _WINDOW.value, _WORKERS.value,
+                        _MODE.value)
+  print(json.dumps({"seconds": time.perf_counter() - start, "windows": windows,
+                    "peak_rss_mb": machine.peak_rss_mb()}))
+
+
+def main(_):
+  if _WORKER.value:
+    run_worker()
+    return
+  with tempfile.TemporaryDirectory(prefix="bench-preprocess-") as work:
+    corpus = os.path.join(work, "corpus.txt")
+    size = build_corpus(corpus, int(_CORPUS_MB.value * 1e6))
+    mb = size / 1e6
+    print(f"corpus: {mb:.1f} MB, DirectRunner (FnApiRunner) with {_WORKERS.value} "
+          f"worker(s) (ours: {_MODE.value}; naive: fastest of "
+          f"{', '.join(_NAIVE_MODES.value) or 'none'}), window_length={_WINDOW.value}, "
+          f"{os.cpu_count()} CPUs, one process per pipeline; {machine.describe()}")
+    rows = []
+    for tok in _TOKENIZERS.value:
+      ours = measure("ours", tok, _MODE.value, corpus, os.path.join(work, f"ours-{tok}"))
+      print(f"ours {tok}: {mb / ours['seconds']:.2f} MB/s, peak RSS "
+            f"{ours['peak_rss_mb']:,.0f} MB", flush=True)
+      row = [tok, mb / ours["seconds"], ours["windows"] / ours["seconds"], None, None, None]
+      if not tokenizer_lib.TokenizerSpec(type=tok).is_subword:
+        naive = [measure("naive", tok, mode, corpus, os.path.join(work, f"naive-{tok}-{mode}"))
+                 for mode in _NAIVE_MODES.value]
+        for mode, result in zip(_NAIVE_MODES.value, naive):
+          print(f"naive {tok} {mode}: {mb / result['seconds']:.2f} MB/s, peak RSS "
+                f"{result['peak_rss_mb']:,.0f} MB", flush=True)
+        if naive:
+          best = min(naive, key=lambda r: r["seconds"])
+          row[3:] = (mb / best["seconds"], best["windows"] / best["seconds"],
+                     best["seconds"] / ours["seconds"])
+      rows.append(row)
+    print(f"\n{machine.describe()} (after)")
+    print("\n| tokenizer | ours MB/s | ours windows/s | naive MB/s | naive windows/s | speed-up |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for tok, omb, ow, nmb, nw, ratio in rows:
+      if nmb is None:
+        print(f"| {tok} | {omb:.2f} | {ow:,.0f} | – | – | – |")
+      else:
+        print(f"| {tok} | {omb:.2f} | {ow:,.0f} | {nmb:.2f} | {nw:,.0f} | {ratio:.1f}x |")
 
 
 if __name__ == "__main__":

@@ -189,13 +189,15 @@ class LanguageModel(tf.Module):
       cs.append(c_new)
     return self._logits(x), tuple(hs), tuple(cs)
 
-  def _sequence(self, ids, lengths, h, c):
+  def _sequence(self, ids, lengths, h, c, *, top_outputs=True):
     """Runs rows of ids (batch, time), each valid up to lengths[i], from
     states h, c (layers, batch, units).
 
     Returns:
       (top outputs (batch, time, units), h, c after each row's last id).
-      Outputs past a row's length are not meaningful.
+      Outputs past a row's length are not meaningful. Without top_outputs
+      the top layer keeps none (its h is each row's last output) and the
+      first item is None.
     """
     x = tf.gather(self.embedding, ids)  # (batch, time, embedding)
     batch, time = tf.shape(ids)[0], tf.shape(ids)[1]
@@ -209,20 +211,26 @@ class LanguageModel(tf.Module):
       xw = tf.transpose(tf.reshape(xw, [batch, time, 4 * units]), [1, 0, 2])
       recurrent = self.lstm_recurrent_kernels[layer]
 
-      def step(t, hl, cl, outputs, xw=xw, recurrent=recurrent):
+      keep = layer + 1 < self._spec.num_layers or top_outputs
+
+      def step(t, hl, cl, outputs, xw=xw, recurrent=recurrent, keep=keep):
         z = xw[t] + tf.matmul(hl, recurrent)
         i, f, g, o = tf.split(z, 4, axis=1)
         c_new = tf.sigmoid(f) * cl + tf.sigmoid(i) * tf.tanh(g)
         h_new = tf.sigmoid(o) * tf.tanh(c_new)
         active = (t < lengths)[:, None]
         return (t + 1, tf.where(active, h_new, hl), tf.where(active, c_new, cl),
-                outputs.write(t, h_new))
+                outputs.write(t, h_new) if keep else outputs)
 
       _, hl, cl, outputs = tf.while_loop(
           lambda t, *_: t < time, step,
-          (tf.constant(0), h[layer], c[layer], tf.TensorArray(tf.float32, size=time)))
-      x = tf.transpose(outputs.stack(), [1, 0, 2])  # (batch, time, units)
-      x = tf.ensure_shape(x, [None, None, units])
+          (tf.constant(0), h[layer], c[layer],
+           tf.TensorArray(tf.float32, size=time if keep else 0)))
+      if keep:
+        x = tf.transpose(outputs.stack(), [1, 0, 2])  # (batch, time, units)
+        x = tf.ensure_shape(x, [None, None, units])
+      else:
+        x = None
       hs.append(hl)
       cs.append(cl)
     return x, tf.stack(hs), tf.stack(cs)
@@ -356,20 +364,17 @@ class LanguageModel(tf.Module):
     Returns:
       (logits after each row's last id (batch, vocab), h, c).
     """
-    batch = tf.shape(ids)[0]
-
-    def chunk_step(start, h, c, last):
+    def chunk_step(start, h, c):
       chunk_lengths = tf.clip_by_value(lengths - start, 0, PREFILL_CHUNK)
-      top, h, c = self._sequence(ids[:, start:start + PREFILL_CHUNK], chunk_lengths, h, c)
-      ends_here = (lengths > start) & (lengths <= start + PREFILL_CHUNK)
-      here = tf.gather(top, tf.maximum(chunk_lengths - 1, 0), batch_dims=1)
-      return start + PREFILL_CHUNK, h, c, tf.where(ends_here[:, None], here, last)
+      _, h, c = self._sequence(ids[:, start:start + PREFILL_CHUNK], chunk_lengths, h, c,
+                               top_outputs=False)
+      return start + PREFILL_CHUNK, h, c
 
-    h, c = self._zero_state(batch)
-    _, h, c, last = tf.while_loop(
-        lambda start, *_: start < tf.shape(ids)[1], chunk_step,
-        (tf.constant(0), h, c, tf.zeros([batch, self._spec.units])))
-    return self._logits(last), h, c
+    h, c = self._zero_state(tf.shape(ids)[0])
+    _, h, c = tf.while_loop(lambda start, *_: start < tf.shape(ids)[1], chunk_step,
+                            (tf.constant(0), h, c))
+    # A row's state stops at its last id: the top layer's h is its output there.
+    return self._logits(h[-1]), h, c
 
   def _decode(self, logits, h, c, *, choose, max_new_tokens, stop_on_eos,
               stop_strings=None, keep_bytes=None, line_start=None):
@@ -423,16 +428,26 @@ class LanguageModel(tf.Module):
 
   def _generate(self, prompts, prompt_index, sample_index, max_new_tokens,
                 temperature, top_k, top_p, greedy, seed, stop):
-    batch = tf.shape(prompts)[0]
-    ids = self.tokenizer.encode(prompts)  # (batch, None)
-    prompt_tokens = tf.cast(ids.row_lengths(), tf.int32)
-    unknown = tf.reduce_sum(tf.cast(tf.equal(ids, tokenizer_lib.UNK_ID), tf.int32), axis=1)
+    # Rows with the same prompt (the samples of one prompt) share its
+    # prefill: each distinct prompt is tokenized and run once, and its
+    # state copied to its rows. A row's numbers do not depend on the rows
+    # beside it, so this changes no output (tests: whatever the batching).
+    distinct, row_prompt = tf.unique(prompts)
+    ids = self.tokenizer.encode(distinct)  # (distinct prompts, None)
     # An empty prompt (or one the tokenizer drops entirely) starts a line.
     start = (self.tokenizer.start_id if self.tokenizer.start_id is not None
              else tokenizer_lib.EOS_ID)
-    lengths = tf.maximum(prompt_tokens, 1)
+    lengths = tf.maximum(tf.cast(ids.row_lengths(), tf.int32), 1)
     dense = _at_least_one_column(ids.to_tensor(default_value=start), start)
     logits, h, c = self._prefill(dense, lengths)
+    # Subwords: the continuation keeps its leading space unless the prompt
+    # ended a line, so prompt + text reads as the model wrote it.
+    line_start = tf.equal(tf.gather(dense, lengths - 1, batch_dims=1), start)
+    rows = lambda x, axis=0: tf.gather(x, row_prompt, axis=axis)
+    prompt_tokens = rows(tf.cast(ids.row_lengths(), tf.int32))
+    unknown = rows(tf.reduce_sum(tf.cast(tf.equal(ids, tokenizer_lib.UNK_ID), tf.int32),
+                                 axis=1))
+    logits, h, c, line_start = rows(logits), rows(h, 1), rows(c, 1), rows(line_start)
     layers = self._spec.num_layers
     h, c = tuple(tf.unstack(h, num=layers)), tuple(tf.unstack(c, num=layers))
     seeds = row_seeds(seed, prompt_index, sample_index)
@@ -463,9 +478,6 @@ class LanguageModel(tf.Module):
     loop = lambda choose, **kw: lambda: self._decode(
         logits, h, c, choose=choose, max_new_tokens=max_new_tokens,
         stop_on_eos=stop_on_eos, **kw)
-    # Subwords: the continuation keeps its leading space unless the prompt
-    # ended a line, so prompt + text reads as the model wrote it.
-    line_start = tf.equal(tf.gather(dense, lengths - 1, batch_dims=1), start)
     unfiltered = greedy | ((top_k <= 0) & (top_p >= 1.0))
     mode = tf.where(has_strings, 3, tf.where(unfiltered, tf.where(greedy, 0, 1), 2))
     tokens, n, done, by_eos, ends = tf.switch_case(mode, [

@@ -56,6 +56,22 @@ def test_same_seed_same_output_whatever_the_batching(tiny_run, tmp_path):
   assert [r["text"] for r in _read(out)] != [t for _, _, t in runs[0]]
 
 
+def test_rows_with_the_same_prompt_share_a_prefill_and_match_lone_rows(tiny_run, tmp_path):
+  # Repeats apart from each other and next to each other, of different
+  # lengths, one with a character the vocabulary lacks: one prefill per
+  # distinct prompt, copied to its rows, must give every row what it gets alone.
+  prompts = _prompts_file(tmp_path, ["ROMEO:", "A\u263a", "What say you", "ROMEO:", "A\u263a"])
+  runs = []
+  for batch_size in (1, 10):
+    out = tmp_path / f"b{batch_size}.jsonl"
+    generate.run(_config(tiny_run[0], out, prompts=str(prompts), num_samples=2,
+                         batch_size=batch_size, seed=3))
+    runs.append(_read(out))
+  assert runs[0] == runs[1]
+  assert [r["unknown_prompt_tokens"] for r in runs[1]] == [0, 0, 1, 1, 0, 0, 0, 0, 1, 1]
+  assert len({r["text"] for r in runs[1]}) > 3
+
+
 def test_greedy_equals_top_k_1_and_long_and_unknown_prompts(tiny_run, tmp_path):
   long_prompt = "To be, or not to be, that is the question. " * 20  # > window (32)
   a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
