@@ -437,14 +437,15 @@ class LanguageModel(tf.Module):
     # An empty prompt (or one the tokenizer drops entirely) starts a line.
     start = (self.tokenizer.start_id if self.tokenizer.start_id is not None
              else tokenizer_lib.EOS_ID)
-    lengths = tf.maximum(tf.cast(ids.row_lengths(), tf.int32), 1)
+    distinct_tokens = tf.cast(ids.row_lengths(), tf.int32)
+    lengths = tf.maximum(distinct_tokens, 1)
     dense = _at_least_one_column(ids.to_tensor(default_value=start), start)
     logits, h, c = self._prefill(dense, lengths)
     # Subwords: the continuation keeps its leading space unless the prompt
     # ended a line, so prompt + text reads as the model wrote it.
     line_start = tf.equal(tf.gather(dense, lengths - 1, batch_dims=1), start)
     rows = lambda x, axis=0: tf.gather(x, row_prompt, axis=axis)
-    prompt_tokens = rows(tf.cast(ids.row_lengths(), tf.int32))
+    prompt_tokens = rows(distinct_tokens)
     unknown = rows(tf.reduce_sum(tf.cast(tf.equal(ids, tokenizer_lib.UNK_ID), tf.int32),
                                  axis=1))
     logits, h, c, line_start = rows(logits), rows(h, 1), rows(c, 1), rows(line_start)
