@@ -39,7 +39,7 @@ def _serving_logits(lm, ids, lengths):
   """LanguageModel's logits at every position (batch, time, vocab)."""
   h, c = lm._zero_state(ids.shape[0])  # pylint: disable=protected-access
   outputs, _, _ = lm._sequence(tf.constant(ids), tf.constant(lengths), h, c)  # pylint: disable=protected-access
-  return lm._logits(outputs).numpy()  # pylint: disable=protected-access
+  return tf.transpose(lm._logits(outputs), [1, 0, 2]).numpy()  # pylint: disable=protected-access
 
 
 def test_exported_model_matches_the_keras_model(tiny_run):
