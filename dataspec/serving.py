@@ -201,11 +201,11 @@ class LanguageModel(tf.Module):
     """
     # Time-major from the start: transposing the ids costs nothing, where
     # transposing each layer's (batch, time, 4 units) input products and
-    # outputs took 6% of a batch-256 prefill.
+    # outputs took 6% of a batch-256 prefill's op time.
     x = tf.gather(self.embedding, tf.transpose(ids))  # (time, batch, embedding)
     batch, time = tf.shape(ids)[0], tf.shape(ids)[1]
     # Up to the shortest row every row is active: no masks there (selecting
-    # the state of finished rows took 7% of a batch-256 prefill).
+    # the state of finished rows took 7% of it).
     all_active = tf.minimum(tf.reduce_min(lengths), time)
     units = self._spec.units
     hs, cs = [], []
