@@ -35,6 +35,7 @@ given the ones before it, the first one after the tokenizer's start id (a
 line end) when it has one, else the first token is context only.
 """
 
+import functools
 import json
 import math
 from typing import Dict, Optional, Sequence
@@ -114,6 +115,14 @@ def _cut_at_first(texts, needles):
   return out
 
 
+def _cell(z, c):
+  """The LSTM's gate math (Keras's gates i, f, g, o): z = x W + h U + b
+  (batch, 4 units) and the cell state c -> (h, c) after the step."""
+  i, f, g, o = tf.split(z, 4, axis=1)
+  c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+  return tf.sigmoid(o) * tf.tanh(c), c
+
+
 def _at_least_one_column(dense, fill):
   """`dense` (batch, time) padded with `fill` to at least one column."""
   return tf.pad(dense, [[0, 0], [0, tf.maximum(1 - tf.shape(dense)[1], 0)]],
@@ -179,12 +188,9 @@ class LanguageModel(tf.Module):
     x = tf.gather(self.embedding, tokens)  # (batch, embedding)
     hs, cs = [], []
     for layer in range(self._spec.num_layers):
-      z = (tf.matmul(x, self.lstm_kernels[layer])
-           + tf.matmul(h[layer], self.lstm_recurrent_kernels[layer])
-           + self.lstm_biases[layer])  # (batch, 4 units): gates i, f, g, o
-      i, f, g, o = tf.split(z, 4, axis=1)
-      c_new = tf.sigmoid(f) * c[layer] + tf.sigmoid(i) * tf.tanh(g)
-      x = tf.sigmoid(o) * tf.tanh(c_new)
+      x, c_new = _cell(tf.matmul(x, self.lstm_kernels[layer])
+                       + tf.matmul(h[layer], self.lstm_recurrent_kernels[layer])
+                       + self.lstm_biases[layer], c[layer])
       hs.append(x)
       cs.append(c_new)
     return self._logits(x), tuple(hs), tuple(cs)
@@ -217,26 +223,20 @@ class LanguageModel(tf.Module):
       recurrent = self.lstm_recurrent_kernels[layer]
       keep = layer + 1 < self._spec.num_layers or top_outputs
 
-      def cell(t, hl, cl, xw=xw, recurrent=recurrent):
-        z = xw[t] + tf.matmul(hl, recurrent)
-        i, f, g, o = tf.split(z, 4, axis=1)
-        c_new = tf.sigmoid(f) * cl + tf.sigmoid(i) * tf.tanh(g)
-        return tf.sigmoid(o) * tf.tanh(c_new), c_new
-
-      def step(t, hl, cl, outputs, keep=keep, cell=cell):
-        h_new, c_new = cell(t, hl, cl)
-        return t + 1, h_new, c_new, outputs.write(t, h_new) if keep else outputs
-
-      def masked_step(t, hl, cl, outputs, keep=keep, cell=cell):
-        h_new, c_new = cell(t, hl, cl)
-        active = (t < lengths)[:, None]
-        return (t + 1, tf.where(active, h_new, hl), tf.where(active, c_new, cl),
-                outputs.write(t, h_new) if keep else outputs)
+      def step(t, hl, cl, outputs, *, masked, xw=xw, recurrent=recurrent, keep=keep):
+        h_new, c_new = _cell(xw[t] + tf.matmul(hl, recurrent), cl)
+        outputs = outputs.write(t, h_new) if keep else outputs
+        if masked:  # rows past their length keep their state
+          active = (t < lengths)[:, None]
+          h_new, c_new = tf.where(active, h_new, hl), tf.where(active, c_new, cl)
+        return t + 1, h_new, c_new, outputs
 
       state = (tf.constant(0), h[layer], c[layer],
                tf.TensorArray(tf.float32, size=time if keep else 0))
-      state = tf.while_loop(lambda t, *_: t < all_active, step, state)
-      _, hl, cl, outputs = tf.while_loop(lambda t, *_: t < time, masked_step, state)
+      state = tf.while_loop(lambda t, *_: t < all_active,
+                            functools.partial(step, masked=False), state)
+      _, hl, cl, outputs = tf.while_loop(lambda t, *_: t < time,
+                                         functools.partial(step, masked=True), state)
       x = tf.ensure_shape(outputs.stack(), [None, None, units]) if keep else None
       hs.append(hl)
       cs.append(cl)
