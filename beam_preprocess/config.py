@@ -32,6 +32,10 @@ class PreprocessConfig:
       word to be in the tokenizer's training table).
     character_coverage: bpe, unigram: share of characters (by count) that
       get pieces; the rarest others are encoded as bytes.
+    unigram_sample_mb: unigram: word counts whose text (every word written
+      as often as it was counted) is larger are scaled down to this many MB,
+      as a sample of the corpus would count them (SentencePiece's unigram
+      trainer needs ~19 bytes of memory per byte of it); 0 = as counted.
     num_shards: TFRecord files per split (0 = let the runner choose).
     compression: "gzip" or "none".
     chunk_bytes: target size of the byte ranges large files are cut into.
@@ -55,6 +59,7 @@ class PreprocessConfig:
   max_vocab_size: int = 0
   min_count: int = 1
   character_coverage: float = subword.DEFAULT_CHARACTER_COVERAGE
+  unigram_sample_mb: float = subword.DEFAULT_UNIGRAM_SAMPLE_MB
   num_shards: int = 0
   compression: str = "gzip"
   chunk_bytes: int = 1 << 20
@@ -89,6 +94,7 @@ class PreprocessConfig:
         object.__setattr__(self, "max_vocab_size", subword.DEFAULT_VOCAB_SIZE)
       subword.check_vocab_size(self.tokenizer.type, self.max_vocab_size)
     subword.check_character_coverage(self.character_coverage)
+    subword.check_unigram_sample_mb(self.unigram_sample_mb)
     if self.min_count < 1:
       raise ValueError(f"--min_count must be at least 1, got {self.min_count}")
     if self.num_shards < 0:

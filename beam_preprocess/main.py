@@ -61,6 +61,11 @@ _CHARACTER_COVERAGE = flags.DEFINE_float(
     "character_coverage", subword.DEFAULT_CHARACTER_COVERAGE,
     "bpe, unigram: share of characters that get pieces; rarer ones are bytes.",
     flag_values=FLAGS)
+_UNIGRAM_SAMPLE_MB = flags.DEFINE_float(
+    "unigram_sample_mb", subword.DEFAULT_UNIGRAM_SAMPLE_MB,
+    "unigram: word counts of more text than this (MB) are scaled down to it, as a "
+    "sample of the corpus; bounds SentencePiece's memory (~19 bytes per byte). "
+    "0 = as counted.", flag_values=FLAGS)
 _NUM_SHARDS = flags.DEFINE_integer("num_shards", 0, "Shards per split; 0 = runner decides.", flag_values=FLAGS)
 _COMPRESSION = flags.DEFINE_enum("compression", "gzip", config_lib.COMPRESSIONS,
                                  "TFRecord compression.", flag_values=FLAGS)
@@ -126,6 +131,7 @@ def config_from_flags() -> config_lib.PreprocessConfig:
       max_vocab_size=_MAX_VOCAB_SIZE.value,
       min_count=_MIN_COUNT.value,
       character_coverage=_CHARACTER_COVERAGE.value,
+      unigram_sample_mb=_UNIGRAM_SAMPLE_MB.value,
       num_shards=_NUM_SHARDS.value,
       compression=_COMPRESSION.value,
       chunk_bytes=_CHUNK_BYTES.value,

@@ -210,7 +210,8 @@ def build_pipeline(p: beam.Pipeline, *, config: config_lib.PreprocessConfig,
             | "Reshuffle" >> beam.Reshuffle())
   vocab = chunks | "BuildVocab" >> transforms.BuildVocab(
       spec=config.tokenizer, max_vocab_size=config.max_vocab_size,
-      min_count=config.min_count, character_coverage=config.character_coverage)
+      min_count=config.min_count, character_coverage=config.character_coverage,
+      unigram_sample_mb=config.unigram_sample_mb)
   encoded = chunks | "Encode" >> beam.ParDo(
       transforms.EncodeChunk(spec=config.tokenizer,
                              window_length=config.window_length,

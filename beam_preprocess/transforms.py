@@ -115,12 +115,14 @@ class BuildVocab(beam.PTransform):
   """
 
   def __init__(self, *, spec: tokenizer_lib.TokenizerSpec, max_vocab_size: int,
-               min_count: int, character_coverage: float = 1.0):
+               min_count: int, character_coverage: float = 1.0,
+               unigram_sample_mb: float = subword.DEFAULT_UNIGRAM_SAMPLE_MB):
     super().__init__()
     self._spec = spec
     self._max_vocab_size = max_vocab_size
     self._min_count = min_count
     self._character_coverage = character_coverage
+    self._unigram_sample_mb = unigram_sample_mb
 
   def expand(self, chunks):
     spec = self._spec
@@ -132,12 +134,13 @@ class BuildVocab(beam.PTransform):
       return counter(read_chunk(chunk).decode("utf-8", errors="replace"))
 
     max_vocab_size, min_count = self._max_vocab_size, self._min_count
-    coverage = self._character_coverage
+    coverage, sample_mb = self._character_coverage, self._unigram_sample_mb
     if spec.is_subword:
       def select(counts):
         return subword.train_model(counts, model_type=spec.type,
                                    vocab_size=max_vocab_size, min_count=min_count,
-                                   character_coverage=coverage)
+                                   character_coverage=coverage,
+                                   unigram_sample_mb=sample_mb)
     else:
       def select(counts):
         return vocab_lib.format_vocab(vocab_lib.select_vocab(

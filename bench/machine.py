@@ -96,14 +96,25 @@ def peak_rss_mb() -> float:
   worker started by a parent that had used 1 GB reported at least 1 GB
   (bench_train.py's parent prepares the dataset: every batch-64 figure of
   one run came out as 1,055-1,056 MB, PyTorch's included)."""
+  peak = _status_mb("VmHWM")
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if peak is None else peak
+
+
+def rss_mb() -> float:
+  """This process's resident memory now (VmRSS; 0 where there is no /proc)."""
+  return _status_mb("VmRSS") or 0.0
+
+
+def _status_mb(field: str):
+  """A kB field of /proc/self/status in MB; None without /proc."""
   try:
     with open("/proc/self/status", encoding="ascii") as f:
       for line in f:
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
           return int(line.split()[1]) / 1024
   except OSError:
     pass
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  return None
 
 
 def run_worker(script: str, *args: str) -> dict:

@@ -2,10 +2,10 @@ r"""Runs every benchmark and writes bench/results/RESULTS.md and a plot.
 
   python bench/run_all.py [--skip_quality] [--quality_recipe=shakespeare_char]
 
-1. bench_preprocess.py, bench_input.py, bench_train.py, bench_generate.py: each prints a
-   markdown table of absolute numbers and the ratio to a baseline measured in
-   the same run; they are collected into RESULTS.md with the machine's
-   description.
+1. bench_preprocess.py, bench_subword.py, bench_input.py, bench_train.py,
+   bench_generate.py: each prints a markdown table of absolute numbers and
+   the ratio to a baseline measured in the same run; they are collected into
+   RESULTS.md with the machine's description.
 2. The quality recipe (recipes/<name>/*.flags): preprocess + train, then its
    validation loss is plotted against wall time and against tokens seen
    (bench/results/validation_loss.png) from the run's TensorBoard events,
@@ -166,6 +166,7 @@ def main(_):
   sections = [f"# Benchmark results\n\nMachine: {machine}\n"]
   for title, script, args in (
       ("Preprocessing (DirectRunner, 2 workers)", "bench_preprocess.py", ["--workers=2"]),
+      ("Unigram training", "bench_subword.py", []),
       ("Training input pipeline", "bench_input.py", []),
       ("Training", "bench_train.py", []),
       ("Generation", "bench_generate.py", [])):

@@ -32,8 +32,9 @@ import io
 import itertools
 import os
 import tempfile
-from typing import List, Mapping, Sequence
+from typing import List, Mapping, Sequence, Tuple
 
+from absl import logging
 import numpy as np
 
 SUBWORD_TYPES = ("bpe", "unigram")
@@ -50,6 +51,15 @@ MAX_TRAINING_WORDS = 2_000_000
 # Unigram training's result depends on its thread count (not on the
 # machine): a fixed count keeps tokenizer.model identical across machines.
 TRAINING_THREADS = 8
+# SentencePiece's unigram trainer (0.2.x) finds its seed pieces in a suffix
+# array of its training text, which it builds from a word-count table by
+# writing every word as many times as it was counted (in chunks of up to 500
+# MB): its memory, about 19 bytes per byte of that text, and its time grow
+# with the corpus (bench/bench_subword.py: 490 MB of text took 6.5 GB and
+# 42 s). Larger tables are scaled down to this much text (sample_counts), as
+# if it had read a sample of the corpus: 1.2 GB and ~6 s at most. bpe does
+# not copy words: its cost depends on the distinct words only.
+DEFAULT_UNIGRAM_SAMPLE_MB = 64.0
 # SentencePiece cannot take a pre-token longer than this (its default
 # max_sentence_length is 4192 bytes); longer ones are left out of training.
 _MAX_WORD_BYTES = 4096
@@ -79,9 +89,51 @@ def pretoken_counts(text: str) -> collections.Counter:
   return counts
 
 
+def check_unigram_sample_mb(unigram_sample_mb: float):
+  """Raises ValueError naming --unigram_sample_mb if it is negative."""
+  if not unigram_sample_mb >= 0:
+    raise ValueError("--unigram_sample_mb must be >= 0 (0 = every count as "
+                     f"counted), got {unigram_sample_mb}")
+
+
+def training_text_bytes(words: Sequence[Tuple[str, int]]) -> int:
+  """The text SentencePiece's unigram trainer makes of (word, count) pairs:
+  every word's UTF-8 bytes count times, one separator byte each."""
+  return sum(count * (len(word.encode("utf-8")) + 1) for word, count in words)
+
+
+def sample_counts(words: Sequence[Tuple[str, int]],
+                  max_bytes: int) -> List[Tuple[str, int]]:
+  """Scales a word-count table down to about `max_bytes` of text.
+
+  The text is what SentencePiece's unigram trainer writes: every word count
+  times, plus a separator byte each. A larger table's counts are multiplied
+  by max_bytes / its text size and rounded to the nearest integer, as a
+  sample of the corpus would count them; words that round to 0 are left
+  out, as a sample would miss them. Integer arithmetic: the same table
+  gives the same result on any machine.
+
+  >>> sample_counts([("the", 60), ("cat", 20), ("a", 2)], 100)
+  [('the', 19), ('cat', 6), ('a', 1)]
+
+  Args:
+    words: (word, count) pairs.
+    max_bytes: the most text; 0 = no limit (words returned as they are).
+
+  Returns:
+    (word, count) pairs in the same order, counts >= 1.
+  """
+  total = training_text_bytes(words)
+  if not max_bytes or total <= max_bytes:
+    return list(words)
+  scaled = [(word, (2 * count * max_bytes + total) // (2 * total)) for word, count in words]
+  return [(word, count) for word, count in scaled if count]
+
+
 def train_model(counts: Mapping[str, int], *, model_type: str, vocab_size: int,
                 character_coverage: float = DEFAULT_CHARACTER_COVERAGE,
-                min_count: int = 1, num_threads: int = TRAINING_THREADS) -> bytes:
+                min_count: int = 1, num_threads: int = TRAINING_THREADS,
+                unigram_sample_mb: float = DEFAULT_UNIGRAM_SAMPLE_MB) -> bytes:
   """Trains a SentencePiece model on a word-frequency table.
 
   Args:
@@ -94,6 +146,9 @@ def train_model(counts: Mapping[str, int], *, model_type: str, vocab_size: int,
       of their own, in [0.98, 1]; the rarest rest are encoded as bytes.
     min_count: pre-tokens seen fewer times are left out of training.
     num_threads: trainer threads; unigram models differ by thread count.
+    unigram_sample_mb: unigram: counts whose text is larger (see
+      sample_counts) are scaled down to this many MB (10**6 bytes); 0 = as
+      they are. bpe ignores it.
 
   Returns:
     The serialized ModelProto.
@@ -106,6 +161,7 @@ def train_model(counts: Mapping[str, int], *, model_type: str, vocab_size: int,
     raise ValueError(f"model_type must be one of {SUBWORD_TYPES}, got {model_type!r}")
   check_vocab_size(model_type, vocab_size)
   check_character_coverage(character_coverage)
+  check_unigram_sample_mb(unigram_sample_mb)
   words = [(w, c) for w, c in counts.items()
            if c >= min_count and len(w.encode("utf-8")) <= _MAX_WORD_BYTES
            and "\t" not in w and "\n" not in w]
@@ -114,6 +170,17 @@ def train_model(counts: Mapping[str, int], *, model_type: str, vocab_size: int,
                      f"pre-token was seen fewer than --min_count={min_count} times)")
   words.sort(key=lambda wc: (-wc[1], wc[0]))
   words = words[:MAX_TRAINING_WORDS]
+  if model_type == "unigram":
+    sampled = sample_counts(words, int(unigram_sample_mb * 1e6))
+    if sampled != words:
+      logging.info("unigram: word counts of %.1f MB of text scaled down to "
+                   "--unigram_sample_mb=%g (%s of %s words kept)",
+                   training_text_bytes(words) / 1e6, unigram_sample_mb,
+                   f"{len(sampled):,}", f"{len(words):,}")
+      words = sampled
+    if not words:
+      raise ValueError(f"--unigram_sample_mb={unigram_sample_mb:g} is too small: "
+                       "no word's count is left after scaling the counts down to it")
   model = io.BytesIO()
   with tempfile.TemporaryDirectory(prefix="textgen-spm-") as tmp:
     table = os.path.join(tmp, "words.tsv")

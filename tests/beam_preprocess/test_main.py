@@ -37,3 +37,11 @@ def test_config_errors_name_the_flag(tiny_corpus, tmp_path):
                           "--validation_fraction=1.5"])
     with pytest.raises(app.UsageError, match="--validation_fraction"):
       main_lib.main(["prog"])
+  with flagsaver.flagsaver():
+    main_lib.parse_flags(["prog", f"--input={tiny_corpus}", f"--output_dir={tmp_path}",
+                          "--tokenizer=unigram", "--unigram_sample_mb=-1"])
+    with pytest.raises(app.UsageError, match="--unigram_sample_mb must be >= 0"):
+      main_lib.main(["prog"])
+    main_lib.parse_flags(["prog", f"--input={tiny_corpus}", f"--output_dir={tmp_path}",
+                          "--tokenizer=unigram", "--unigram_sample_mb=0.5"])
+    assert main_lib.config_from_flags().unigram_sample_mb == 0.5

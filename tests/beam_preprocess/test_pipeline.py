@@ -89,7 +89,8 @@ def test_word_level_hash_split_many_files(tmp_path):
 def test_subword_model_from_distributed_counts(tmp_path, kind):
   """Two workers count pre-tokens, one trains SentencePiece on the sum: the
   model is the one trained on the whole training text's counts, and the
-  windows are that model's ids."""
+  windows are that model's ids. unigram_sample_mb (50 KB of the ~108 KB of
+  training text) reaches the training: unigram trains on sampled counts."""
   corpus = tmp_path / "corpus"
   corpus.mkdir()
   text = shakespeare_text(120_000).split("\n\n")
@@ -99,7 +100,7 @@ def test_subword_model_from_distributed_counts(tmp_path, kind):
   config = config_lib.PreprocessConfig(
       input=(str(corpus),), output_dir=str(tmp_path / "out"), tokenizer=spec,
       window_length=24, split_mode="tail", validation_fraction=0.1, chunk_bytes=4096,
-      max_vocab_size=600)
+      max_vocab_size=600, unigram_sample_mb=0.05)
   meta = pipeline.run(config, pipeline_args=["--direct_num_workers=2",
                                              "--direct_running_mode=multi_threading"])
   out = tmp_path / "out"
@@ -116,7 +117,8 @@ def test_subword_model_from_distributed_counts(tmp_path, kind):
     if c.split == "train":
       for w, n in count(transforms.read_chunk(c).decode("utf-8")).items():
         whole[w] = whole.get(w, 0) + n
-  assert model == subword.train_model(whole, model_type=kind, vocab_size=600)
+  assert model == subword.train_model(whole, model_type=kind, vocab_size=600,
+                                     unigram_sample_mb=0.05)
   tok = T.Tokenizer(spec, vocab=model)
   for split in ("train", "validation"):
     expected = [tuple(w) for c in chunks if c.split == split
@@ -135,7 +137,8 @@ def test_subword_model_from_distributed_counts(tmp_path, kind):
 
 def test_subword_options_are_checked_up_front(tmp_path, tiny_corpus):
   for kw, message in [(dict(max_vocab_size=100), "at least 260 for --tokenizer=bpe"),
-                      (dict(character_coverage=0.5), r"\[0.98, 1\]")]:
+                      (dict(character_coverage=0.5), r"\[0.98, 1\]"),
+                      (dict(unigram_sample_mb=-2), "--unigram_sample_mb must be >= 0")]:
     with pytest.raises(ValueError, match=message):
       config_lib.PreprocessConfig(input=(str(tiny_corpus),), output_dir=str(tmp_path),
                                   tokenizer=T.TokenizerSpec(type="bpe"), **kw)

@@ -96,6 +96,46 @@ def test_training_from_summed_counts_equals_training_from_whole_counts():
   assert subword.fingerprint(a) == subword.fingerprint(b)
 
 
+def test_sample_counts_scales_a_large_table_down_like_a_sample():
+  words = [("the", 6000), ("cat", 2000), ("sat", 301), ("a", 200), ("zyzzyva", 2)]
+  text = 6000 * 4 + 2000 * 4 + 301 * 4 + 200 * 2 + 2 * 8  # word + separator
+  assert subword.sample_counts(words, text) == words  # fits: as it is
+  assert subword.sample_counts(words, 0) == words  # 0 = no limit
+  # A tenth: counts / 10 rounded to nearest (30.1 -> 30); 0.2 -> 0 is left out.
+  assert subword.sample_counts(words, text // 10) == [
+      ("the", 600), ("cat", 200), ("sat", 30), ("a", 20)]
+  got = subword.sample_counts(words, 1000)
+  assert [w for w, _ in got] == ["the", "cat", "sat", "a"]
+  size = sum(c * (len(w) + 1) for w, c in got)
+  assert 990 <= size <= 1010
+  # Multi-byte words count their UTF-8 bytes.
+  assert subword.sample_counts([("日本", 100), ("ab", 100)], 500) == [("日本", 50), ("ab", 50)]
+
+
+def test_unigram_trains_on_the_sampled_counts_and_bpe_on_all():
+  """train_model scales unigram tables larger than unigram_sample_mb down
+  (SentencePiece's unigram trainer copies every word count times; its
+  memory grows with the corpus), and leaves bpe's alone."""
+  counts = T.make_counter(T.TokenizerSpec(type="unigram"))(shakespeare_text(200_000))
+  words = sorted(counts.items(), key=lambda wc: (-wc[1], wc[0]))
+  sampled = dict(subword.sample_counts(words, 50_000))
+  assert 0 < len(sampled) < len(counts)
+  small = subword.train_model(counts, model_type="unigram", vocab_size=600,
+                              unigram_sample_mb=0.05)
+  assert small == subword.train_model(sampled, model_type="unigram", vocab_size=600,
+                                      unigram_sample_mb=0)
+  assert small != subword.train_model(counts, model_type="unigram", vocab_size=600)
+  bpe = subword.train_model(counts, model_type="bpe", vocab_size=600)
+  assert bpe == subword.train_model(counts, model_type="bpe", vocab_size=600,
+                                    unigram_sample_mb=0.05)
+  with pytest.raises(ValueError, match="--unigram_sample_mb=1e-06 is too small"):
+    subword.train_model(counts, model_type="unigram", vocab_size=600,
+                        unigram_sample_mb=1e-6)
+  with pytest.raises(ValueError, match="--unigram_sample_mb must be >= 0"):
+    subword.train_model(counts, model_type="unigram", vocab_size=600,
+                        unigram_sample_mb=-1)
+
+
 def test_bad_sizes_and_models_are_refused():
   with pytest.raises(ValueError, match="at least 260"):
     subword.train_model({"a": 1}, model_type="bpe", vocab_size=100)
