@@ -16,12 +16,18 @@ interleaved in every round (ours, keras, torch, ours, ...):
   torch  PyTorch 2.13 (CPU build): Embedding -> nn.LSTM(2 layers) -> Linear,
          cross-entropy, Adam, batches gathered from the same windows
          (pip install -e '.[bench]').
+  ours_bf16, torch_bf16
+         the same two in bfloat16 mixed precision (float32 weights and
+         loss): ours with --mixed_precision (mixed_bfloat16 on a CPU),
+         PyTorch under torch.autocast("cpu", torch.bfloat16). Fast only on
+         CPUs with bfloat16 instructions (AMX, AVX512_BF16).
 
 Prints the machine, its 1-minute load average before and after, TensorFlow's
 matmul peak at the LSTM's GEMM shapes, then per batch size the median target
 tokens/s of each (and every round's), the ratios, and peak RSS.
 """
 
+import functools
 import json
 import os
 import statistics
@@ -42,7 +48,8 @@ _ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved rounds.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed training steps per measurement.")
 _WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed steps first (tracing, caches).")
 _BATCHES = flags.DEFINE_list("batch_sizes", ["64", "256"], "Global batch sizes.")
-_IMPLS = flags.DEFINE_list("impls", ["ours", "keras", "torch"], "What to measure.")
+_IMPLS = flags.DEFINE_list("impls", ["ours", "keras", "torch", "ours_bf16", "torch_bf16"],
+                           "What to measure.")
 _WORKER = flags.DEFINE_string("worker", None, "Internal: measure one implementation.")
 _BATCH = flags.DEFINE_integer("batch", 64, "Internal: the worker's batch size.")
 _DATA = flags.DEFINE_string("data", None, "Internal: the worker's dataset directory.")
@@ -79,7 +86,7 @@ def flops_per_token(vocab) -> float:
 
 # ---- workers (each in its own process) ---------------------------------------
 
-def work_ours(batch, data_dir, steps, warmup):
+def work_ours(batch, data_dir, steps, warmup, *, mixed_precision=False):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from trainer import config as train_config  # pylint: disable=g-import-not-at-top
   from trainer import heap  # pylint: disable=g-import-not-at-top
@@ -88,7 +95,8 @@ def work_ours(batch, data_dir, steps, warmup):
   with tempfile.TemporaryDirectory() as tmp:
     trainer = train.Trainer(train_config.TrainConfig(
         dataset_dir=data_dir, model_dir=tmp, embedding_dim=EMBEDDING, units=UNITS,
-        num_layers=2, batch_size=batch, train_steps=100_000, shuffle_buffer=1000))
+        num_layers=2, batch_size=batch, train_steps=100_000, shuffle_buffer=1000,
+        mixed_precision=mixed_precision))
     iterator, _ = trainer._train_iterator(0)  # pylint: disable=protected-access
     float(trainer._train_loop(iterator, tf.constant(warmup))[0])  # pylint: disable=protected-access
     start = time.perf_counter()
@@ -119,7 +127,7 @@ def work_keras(batch, data_dir, steps, warmup):
   return time.perf_counter() - start
 
 
-def work_torch(batch, data_dir, steps, warmup):
+def work_torch(batch, data_dir, steps, warmup, *, bfloat16=False):
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(os.cpu_count())
   torch.manual_seed(0)
@@ -143,8 +151,10 @@ def work_torch(batch, data_dir, steps, warmup):
 
   def step():
     rows = windows[torch.randint(len(windows), (batch,), generator=generator)]
-    logits = model(rows[:, :-1])
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab), rows[:, 1:].reshape(-1))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+      logits = model(rows[:, :-1])
+    loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, vocab),
+                                             rows[:, 1:].reshape(-1))
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
@@ -159,7 +169,12 @@ def work_torch(batch, data_dir, steps, warmup):
   return time.perf_counter() - start
 
 
-WORKERS = {"ours": work_ours, "keras": work_keras, "torch": work_torch}
+WORKERS = {"ours": work_ours, "keras": work_keras, "torch": work_torch,
+           "ours_bf16": functools.partial(work_ours, mixed_precision=True),
+           "torch_bf16": functools.partial(work_torch, bfloat16=True)}
+# The ratios printed: each (numerator, denominator) whose both were measured.
+RATIOS = (("ours", "keras"), ("ours", "torch"), ("ours_bf16", "torch_bf16"),
+          ("ours_bf16", "ours"))
 
 
 def run_worker(impl, batch, data_dir):
@@ -204,15 +219,15 @@ def main(_):
           f"{WINDOW}; {flops / 1e6:.2f} MFLOP per target token; "
           f"{_ROUNDS.value} rounds of {_STEPS.value} steps, medians\n")
     impls = _IMPLS.value
+    pairs = [(a, b) for a, b in RATIOS if a in impls and b in impls]
     print("| batch | " + " | ".join(f"{i} tokens/s" for i in impls) + " | " +
-          " | ".join(f"ours / {i}" for i in impls if i != "ours") + " | " +
+          " | ".join(f"{a} / {b}" for a, b in pairs) + " | " +
           " | ".join(f"{i} peak RSS" for i in impls) + " | ours GFLOP/s |")
-    print("|---:|" + "---:|" * (len(impls) + len(impls) - 1 + len(impls) + 1))
+    print("|---:|" + "---:|" * (len(impls) + len(pairs) + len(impls) + 1))
     for batch in batches:
       med = {i: statistics.median(results[i, batch]) for i in impls}
-      ratios = [f"{med['ours'] / med[i]:.2f}x" for i in impls if i != "ours" and "ours" in med]
       print(f"| {batch} | " + " | ".join(f"{med[i]:,.0f}" for i in impls) + " | " +
-            " | ".join(ratios) + " | " +
+            " | ".join(f"{med[a] / med[b]:.2f}x" for a, b in pairs) + " | " +
             " | ".join(f"{rss[i, batch]:,.0f} MB" for i in impls) + " | " +
             (f"{med['ours'] * flops / 1e9:.0f} |" if "ours" in med else "- |"))
     print("\nevery round (tokens/s): " + "; ".join(

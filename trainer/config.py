@@ -5,6 +5,7 @@ import dataclasses
 STRATEGIES = ("mirrored", "multi_worker", "one_device")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine", "linear")
+MIXED_PRECISION_DTYPES = ("auto", "float16", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +46,11 @@ class TrainConfig:
       wait for its peers before the run fails (a worker that froze or was
       cut off without a TCP reset); must exceed the longest pause of one
       worker, e.g. the chief writing a checkpoint. 0 = wait forever.
-    mixed_precision: mixed_float16 compute (GPU); the output stays float32.
+    mixed_precision: compute in 16 bits (variables and the output layer stay
+      float32): Keras's mixed_float16 or mixed_bfloat16 policy.
+    mixed_precision_dtype: which 16 bits: "auto" = float16 on GPUs (with loss
+      scaling; cuDNN's LSTM kernel), bfloat16 without (CPUs with bfloat16
+      instructions: AMX, AVX512_BF16); "float16" or "bfloat16" to choose.
     shuffle_buffer: windows in the shuffle buffer.
     log_every: steps between progress lines and TensorBoard points.
     eval_every: steps between validation runs (0 = once per epoch).
@@ -85,6 +90,7 @@ class TrainConfig:
   num_cpu_devices: int = 0
   collective_timeout: float = 600.0
   mixed_precision: bool = False
+  mixed_precision_dtype: str = "auto"
   shuffle_buffer: int = 10000
   log_every: int = 50
   eval_every: int = 0
@@ -125,7 +131,8 @@ class TrainConfig:
       raise ValueError("--min_learning_rate_ratio must be in [0, 1], got "
                        f"{self.min_learning_rate_ratio}")
     for name, choices in (("strategy", STRATEGIES), ("optimizer", OPTIMIZERS),
-                          ("schedule", SCHEDULES)):
+                          ("schedule", SCHEDULES),
+                          ("mixed_precision_dtype", MIXED_PRECISION_DTYPES)):
       if getattr(self, name) not in choices:
         raise ValueError(f"Unrecognized --{name}: {getattr(self, name)!r} "
                          f"(choose from {', '.join(choices)})")

@@ -54,7 +54,12 @@ _NUM_CPU_DEVICES = flags.DEFINE_integer(
 _COLLECTIVE_TIMEOUT = flags.DEFINE_float(
     "collective_timeout", 600.0, "multi_worker: seconds an all-reduce waits for a "
     "frozen or unreachable peer before the run fails; 0 = forever.", flag_values=FLAGS)
-_MIXED_PRECISION = flags.DEFINE_bool("mixed_precision", False, "mixed_float16 (GPU).", flag_values=FLAGS)
+_MIXED_PRECISION = flags.DEFINE_bool(
+    "mixed_precision", False, "Compute in 16 bits (--mixed_precision_dtype); "
+    "variables and the output layer stay float32.", flag_values=FLAGS)
+_MIXED_PRECISION_DTYPE = flags.DEFINE_enum(
+    "mixed_precision_dtype", "auto", config_lib.MIXED_PRECISION_DTYPES,
+    "auto: float16 on GPUs (loss scaling), bfloat16 on CPUs.", flag_values=FLAGS)
 _SHUFFLE_BUFFER = flags.DEFINE_integer("shuffle_buffer", 10000, "Shuffle buffer (windows).", flag_values=FLAGS)
 _LOG_EVERY = flags.DEFINE_integer("log_every", 50, "Steps between progress lines.", flag_values=FLAGS)
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", 0, "Steps between evaluations; 0 = per epoch.", flag_values=FLAGS)
@@ -91,6 +96,7 @@ def config_from_flags() -> config_lib.TrainConfig:
       num_cpu_devices=_NUM_CPU_DEVICES.value,
       collective_timeout=_COLLECTIVE_TIMEOUT.value,
       mixed_precision=_MIXED_PRECISION.value,
+      mixed_precision_dtype=_MIXED_PRECISION_DTYPE.value,
       shuffle_buffer=_SHUFFLE_BUFFER.value, log_every=_LOG_EVERY.value,
       eval_every=_EVAL_EVERY.value, eval_steps=_EVAL_STEPS.value,
       checkpoint_every=_CHECKPOINT_EVERY.value,

@@ -45,10 +45,11 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
             "floor_ratio": self.floor_ratio}
 
 
-def build_optimizer(config, *, total_steps: int):
+def build_optimizer(config, *, total_steps: int, loss_scaling: bool = False):
   """Returns (optimizer, schedule): Adam or AdamW on the schedule; clipping is done by the train step (on
   the all-reduced gradients), not by the optimizer (which would clip each
-  replica's share)."""
+  replica's share). loss_scaling: wrapped in Keras's LossScaleOptimizer (for
+  float16, whose small gradients would underflow)."""
   lr = WarmupDecay(peak=config.learning_rate, warmup_steps=config.warmup_steps,
                    total_steps=total_steps, schedule=config.schedule,
                    floor_ratio=config.min_learning_rate_ratio)
@@ -56,6 +57,6 @@ def build_optimizer(config, *, total_steps: int):
     opt = keras.optimizers.AdamW(learning_rate=lr, weight_decay=config.weight_decay)
   else:
     opt = keras.optimizers.Adam(learning_rate=lr)
-  if config.mixed_precision:
+  if loss_scaling:
     opt = keras.optimizers.LossScaleOptimizer(opt)
   return opt, lr

@@ -27,6 +27,7 @@ from trainer import fused_lstm
 from trainer import heap
 from trainer import model as model_lib
 from trainer import optim
+from trainer import precision
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what Kubernetes expects
 MAX_CHAINED_EPOCHS = 20
@@ -199,10 +200,12 @@ class Trainer:
     if config.recurrent_dropout and gpus:
       logging.warning("--recurrent_dropout > 0 disables the fused cuDNN LSTM "
                       "kernel: expect several times slower training on GPU")
+    self.policy = precision.policy_name(mixed_precision=config.mixed_precision,
+                                        dtype=config.mixed_precision_dtype, gpus=gpus)
+    precision.warn_if_slow(self.policy, gpus=gpus, cpu_bfloat16=precision.cpu_has_bfloat16())
     if config.mixed_precision:
-      if not tf.config.list_physical_devices("GPU"):
-        logging.warning("--mixed_precision on CPU is slow; it is meant for GPUs")
-      keras.mixed_precision.set_global_policy("mixed_float16")
+      logging.info("Mixed precision: Keras policy %s", self.policy)
+      keras.mixed_precision.set_global_policy(self.policy)
     keras.utils.set_random_seed(config.seed)
     with self.strategy.scope():
       self.model = model_lib.build_model(
@@ -211,7 +214,8 @@ class Trainer:
           recurrent_dropout=config.recurrent_dropout, seed=config.seed,
           fused_cpu_lstm=self.fused_cpu_lstm)
       self.optimizer, self.lr_schedule = optim.build_optimizer(
-          config, total_steps=self.total_steps)
+          config, total_steps=self.total_steps,
+          loss_scaling=self.policy == "mixed_float16")
       self.optimizer.build(self.model.trainable_variables)
       self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
       self.best_val_loss = tf.Variable(np.inf, dtype=tf.float64, trainable=False)
@@ -237,7 +241,7 @@ class Trainer:
     global_batch, length = self.config.batch_size, self.window_length
     clip = self.config.clip_norm
     replicas = float(self.replicas)
-    mixed = self.config.mixed_precision
+    scaled_loss = self.policy == "mixed_float16"  # Keras's loss scaling
 
     def token_stats(targets, logits):
       per_token = keras.losses.sparse_categorical_crossentropy(
@@ -251,7 +255,7 @@ class Trainer:
         logits = model(inputs, training=True)  # (batch, L, vocab)
         per_token, correct = token_stats(targets, logits)
         loss = tf.reduce_sum(per_token) / float(global_batch * length)
-        scaled = optimizer.scale_loss(loss) if mixed else loss
+        scaled = optimizer.scale_loss(loss) if scaled_loss else loss
       variables = model.trainable_variables
       grads = [tf.convert_to_tensor(g) for g in tape.gradient(scaled, variables)]
       # Clip the global norm of the *summed* gradient: all-reduce here, then
@@ -259,7 +263,7 @@ class Trainer:
       ctx = tf.distribute.get_replica_context()
       grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
       norm = tf.linalg.global_norm(grads)
-      if mixed:
+      if scaled_loss:
         norm = norm / tf.cast(optimizer.dynamic_scale, norm.dtype)
       factor = tf.minimum(1.0, clip / (norm + 1e-6)) if clip else 1.0
       grads = [g * (factor / replicas) for g in grads]

@@ -69,14 +69,32 @@ def test_fused_path_is_what_runs():
     fused_lstm.lstm_sequence = original
 
 
-def test_float16_inputs_as_under_mixed_precision():
+@pytest.mark.parametrize("dtype,atol", [(tf.float16, 5e-3), (tf.bfloat16, 2e-2)])
+def test_16_bit_inputs_as_under_mixed_precision(dtype, atol):
+  """mixed_float16 (GPU policy, here for tests) and mixed_bfloat16 (the
+  CPU's): the fused loop runs in the inputs' dtype; outputs and gradients
+  (to the float32 weights) close to float32's."""
   reference, fused = _pair()
   x = tf.random.normal((4, 9, 10), seed=1)
-  h0 = c0 = tf.zeros((4, 24))
-  want = reference(x, initial_state=[h0, c0])[0]
-  got = fused.inner_loop(tf.cast(x, tf.float16), [tf.cast(h0, tf.float16)] * 2, None)[1]
-  assert got.dtype == tf.float16
-  np.testing.assert_allclose(tf.cast(got, tf.float32), want, atol=1e-2)
+  h0 = tf.zeros((4, 24))
+
+  def run(layer, cast):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      if cast:
+        out = layer.inner_loop(tf.cast(x, dtype), [tf.cast(h0, dtype)] * 2, None)[1]
+      else:
+        out = layer(x, initial_state=[h0, h0])[0]
+      loss = tf.reduce_sum(tf.cast(out, tf.float32) ** 2)
+    return out, tape.gradient(loss, [x] + layer.trainable_weights)
+
+  want, want_grads = run(reference, cast=False)
+  got, got_grads = run(fused, cast=True)
+  assert got.dtype == dtype
+  np.testing.assert_allclose(tf.cast(got, tf.float32), want, atol=atol)
+  for g, w in zip(got_grads, want_grads):
+    np.testing.assert_allclose(tf.cast(g, tf.float32), w,
+                               atol=2 * atol * float(tf.reduce_max(tf.abs(w))))
 
 
 def test_device_selection():

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from dataspec import export as export_lib
 from dataspec import metadata as M
+from dataspec import paths
 from dataspec import serving
 from dataspec import tokenizer as T
 from trainer import config as config_lib
@@ -181,23 +182,33 @@ def test_test_split_is_evaluated_at_export(tmp_path):
   assert training["validation"]["bits_per_byte"] > 0
 
 
-def test_mixed_precision_path_trains(tiny_dataset, tmp_path):
+@pytest.mark.parametrize("dtype", ["float16", "auto"])
+def test_mixed_precision_path_trains(tiny_dataset, tmp_path, dtype):
   """mixed_float16 (meant for GPUs) runs here too: loss scaling, clipping on
-  unscaled gradients, a float32 output layer."""
+  unscaled gradients, a float32 output layer. "auto" on a CPU is
+  mixed_bfloat16: no loss scaling, the fused LSTM in bfloat16, float32
+  variables and export."""
   import keras
   config = config_lib.TrainConfig(dataset_dir=str(tiny_dataset), model_dir=str(tmp_path / "m"),
                                   train_steps=4, mixed_precision=True, strategy="one_device",
+                                  mixed_precision_dtype=dtype,
                                   **dict(SMALL_MODEL, log_every=2, checkpoint_every=2))
+  compute = "float16" if dtype == "float16" else "bfloat16"
   try:
     trainer = train.Trainer(config)
-    assert trainer.model.get_layer("lstm_0").compute_dtype == "float16"
+    lstm = trainer.model.get_layer("lstm_0")
+    assert lstm.compute_dtype == compute and lstm.variable_dtype == "float32"
     assert trainer.model.get_layer("output").compute_dtype == "float32"
+    assert isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer) == (
+        compute == "float16")
     result = trainer.run()
     trainer.store.close()
     trainer.best_store.close()
   finally:
     keras.mixed_precision.set_global_policy("float32")
   assert result["step"] == 4 and np.isfinite(result["validation"]["loss"])
+  weights = export_lib.read_weights(paths.RunPaths(str(tmp_path / "m")).export.weights)
+  assert {w.dtype for w in weights.values()} == {np.dtype("float32")}
 
 
 def test_fresh_run_starts_at_the_unigram_distribution(tiny_dataset, tmp_path):
