@@ -138,6 +138,9 @@ class TrainConfig:
                          f"(choose from {', '.join(choices)})")
     if self.weight_decay and self.optimizer != "adamw":
       raise ValueError("--weight_decay needs --optimizer=adamw")
+    if self.mixed_precision_dtype != "auto" and not self.mixed_precision:
+      raise ValueError(f"--mixed_precision_dtype={self.mixed_precision_dtype} needs "
+                       "--mixed_precision")
 
   def to_json_dict(self) -> dict:
     return dataclasses.asdict(self)

@@ -139,6 +139,11 @@ def test_bad_flags_give_clear_errors(tiny_dataset, tmp_path):
     config_lib.TrainConfig(dataset_dir="d", model_dir="m", strategy="tpu")
   with pytest.raises(ValueError, match="--dropout"):
     config_lib.TrainConfig(dataset_dir="d", model_dir="m", dropout=1.0)
+  with pytest.raises(ValueError, match="--mixed_precision_dtype=bfloat16 needs --mixed_precision"):
+    config_lib.TrainConfig(dataset_dir="d", model_dir="m", mixed_precision_dtype="bfloat16")
+  with pytest.raises(ValueError, match="--mixed_precision_dtype"):
+    config_lib.TrainConfig(dataset_dir="d", model_dir="m", mixed_precision=True,
+                           mixed_precision_dtype="float8")
   kw = dict(SMALL_MODEL, batch_size=15)
   config = config_lib.TrainConfig(dataset_dir=str(tiny_dataset),
                                   model_dir=str(tmp_path / "m"), **kw)
