@@ -22,12 +22,17 @@ every round:
             greedy; prefill = one nn.LSTM call over the prompt.
   tutorial  what the Keras text-generation tutorials do: for each new token
             model.predict() on the last 128 tokens, argmax.
+  ours_bf16, torch_bf16
+            ours with textgen-generate's --precision=bfloat16 (products in
+            bfloat16), PyTorch's loop under torch.autocast("cpu",
+            torch.bfloat16): fast only on CPUs with AMX or AVX512_BF16.
 
 Prints the machine and its 1-minute load average before and after, then per
 batch size the median decode tokens/s of each, ours' prefill rate, the
 ratios and each one's peak RSS (and RSS after start-up, before the model).
 """
 
+import functools
 import json
 import os
 import statistics
@@ -47,7 +52,8 @@ _ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved rounds.")
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 256, "Decoded tokens per measurement.")
 _TUTORIAL_TOKENS = flags.DEFINE_integer("tutorial_tokens", 8, "Tokens of the tutorial loop.")
 _BATCHES = flags.DEFINE_list("batch_sizes", ["1", "256"], "Batch sizes.")
-_IMPLS = flags.DEFINE_list("impls", ["ours", "keras", "torch", "tutorial"], "What to measure.")
+_IMPLS = flags.DEFINE_list("impls", ["ours", "keras", "torch", "tutorial", "ours_bf16",
+                                     "torch_bf16"], "What to measure.")
 _WORKER = flags.DEFINE_string("worker", None, "Internal: measure one implementation.")
 _BATCH = flags.DEFINE_integer("batch", 1, "Internal: the worker's batch size.")
 
@@ -69,7 +75,7 @@ def best_of(fn, times=3) -> float:
 
 # ---- workers (each in its own process) ---------------------------------------
 
-def work_ours(batch, new_tokens):
+def work_ours(batch, new_tokens, *, precision="float32"):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from dataspec import export as export_lib  # pylint: disable=g-import-not-at-top
   from dataspec import serving  # pylint: disable=g-import-not-at-top
@@ -86,7 +92,7 @@ def work_ours(batch, new_tokens):
   rng = np.random.default_rng(0)
   weights = {name: rng.normal(0, 0.1, shape).astype(np.float32)
              for name, shape in export_lib.weight_shapes(spec).items()}
-  lm = serving.LanguageModel(spec, weights, tok_spec, vocab)
+  lm = serving.LanguageModel(spec, weights, tok_spec, vocab, precision=precision)
   # A different prompt in every row (128 chars = 128 tokens): rows with the
   # same prompt share one prefill, measured apart below ("shared").
   texts = [text[i * WINDOW:(i + 1) * WINDOW] for i in range(batch)]
@@ -142,7 +148,7 @@ def work_keras(batch, new_tokens):
   return {"decode": batch * (new_tokens - 1) / (many - one), "start_rss_mb": start_rss}
 
 
-def work_torch(batch, new_tokens):
+def work_torch(batch, new_tokens, *, bfloat16=False):
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(os.cpu_count())
   torch.manual_seed(0)
@@ -153,18 +159,22 @@ def work_torch(batch, new_tokens):
   output = torch.nn.Linear(UNITS, vocab)
   prompt = torch.randint(3, vocab, (batch, WINDOW))
 
+  low = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16, enabled=bfloat16)
+
   @torch.inference_mode()
   def prefill():
-    top, state = lstm(embedding(prompt))
-    return output(top[:, -1]).argmax(-1), state
+    with low():
+      top, state = lstm(embedding(prompt))
+      return output(top[:, -1]).argmax(-1), state
 
   @torch.inference_mode()
   def decode(tokens, state, n):
     out = []
-    for _ in range(n):
-      top, state = lstm(embedding(tokens[:, None]), state)
-      tokens = output(top[:, 0]).argmax(-1)
-      out.append(tokens)
+    with low():
+      for _ in range(n):
+        top, state = lstm(embedding(tokens[:, None]), state)
+        tokens = output(top[:, 0]).argmax(-1)
+        out.append(tokens)
     return torch.stack(out, 1)
 
   tokens, state = prefill()
@@ -193,7 +203,11 @@ def work_tutorial(batch, new_tokens):
 
 
 WORKERS = {"ours": work_ours, "keras": work_keras, "torch": work_torch,
-           "tutorial": work_tutorial}
+           "tutorial": work_tutorial,
+           "ours_bf16": functools.partial(work_ours, precision="bfloat16"),
+           "torch_bf16": functools.partial(work_torch, bfloat16=True)}
+# "ours / x" columns for the float32 ones; bfloat16 against its own kind.
+BFLOAT16_RATIOS = (("ours_bf16", "torch_bf16"), ("ours_bf16", "ours"))
 
 
 def run_worker(impl, batch):
@@ -224,19 +238,20 @@ def main(_):
         f"ours samples (temperature 1), the others are greedy; "
         f"{_ROUNDS.value} rounds, medians\n")
   med = lambda i, b, key: statistics.median(r[key] for r in results[i, b])
-  others = [i for i in impls if i != "ours"]
+  others = [i for i in impls if i != "ours" and not i.endswith("_bf16")]
+  pairs = [("ours", i) for i in others] + [
+      (a, b) for a, b in BFLOAT16_RATIOS if a in impls and b in impls]
   print("| batch | " + " | ".join(f"{i} decode tokens/s" for i in impls) +
         " | ours prefill tokens/s | prefill / decode | " +
-        " | ".join(f"ours / {i}" for i in others) + " | " +
+        " | ".join(f"{a} / {b}" for a, b in pairs) + " | " +
         " | ".join(f"{i} peak RSS (start-up)" for i in impls) + " |")
-  print("|---:|" + "---:|" * (len(impls) + 2 + len(others) + len(impls)))
+  print("|---:|" + "---:|" * (len(impls) + 2 + len(pairs) + len(impls)))
   for batch in batches:
     decode = {i: med(i, batch, "decode") for i in impls}
     prefill = med("ours", batch, "prefill") if "ours" in impls else float("nan")
     print(f"| {batch} | " + " | ".join(f"{decode[i]:,.0f}" for i in impls) +
           f" | {prefill:,.0f} | {prefill / decode.get('ours', float('nan')):.1f}x | " +
-          " | ".join(f"{decode['ours'] / decode[i]:.2f}x" if "ours" in decode else "-"
-                     for i in others) + " | " +
+          " | ".join(f"{decode[a] / decode[b]:.2f}x" for a, b in pairs) + " | " +
           " | ".join(f"{max(r['peak_rss_mb'] for r in results[i, batch]):,.0f} MB "
                      f"({min(r['start_rss_mb'] for r in results[i, batch]):,.0f})"
                      for i in impls) + " |")
@@ -244,9 +259,10 @@ def main(_):
     print("\nours prefill tokens/s with one prompt in every row (the samples of one "
           "prompt share its prefill): " + ", ".join(
               f"batch {b}: {med('ours', b, 'prefill_shared'):,.0f}" for b in batches))
-  if "torch" in impls:
-    print("\ntorch prefill tokens/s (one nn.LSTM call over the prompt): " + ", ".join(
-        f"batch {b}: {med('torch', b, 'prefill'):,.0f}" for b in batches))
+  for impl in ("ours_bf16", "torch", "torch_bf16"):
+    if impl in impls:
+      print(f"\n{impl} prefill tokens/s: " + ", ".join(
+          f"batch {b}: {med(impl, b, 'prefill'):,.0f}" for b in batches))
   print("\nevery round (decode tokens/s): " + "; ".join(
       f"{i}@{b}: " + ", ".join(f"{r['decode']:,.0f}" for r in results[i, b])
       for b in batches for i in impls))

@@ -81,13 +81,15 @@ class Generator:
 
   The decoding itself is dataspec.serving.LanguageModel.generate_samples:
   the very function the exported SavedModel's `generate` signature runs, so
-  this job and the SavedModel give the same text for the same settings.
+  this job and the SavedModel give the same text for the same settings
+  (with --precision=float32, the default).
   """
 
   def __init__(self, export_dir: str, config):
     self.config = config
     spec, weights, meta, vocab, training = export_lib.load_export(export_dir)
-    self.model = serving.LanguageModel(spec, weights, meta.tokenizer_spec, vocab)
+    self.model = serving.LanguageModel(spec, weights, meta.tokenizer_spec, vocab,
+                                       precision=config.precision)
     self.training = training
     self._settings = dict(
         max_new_tokens=tf.constant(config.max_new_tokens, tf.int32),

@@ -56,6 +56,23 @@ def test_same_seed_same_output_whatever_the_batching(tiny_run, tmp_path):
   assert [r["text"] for r in _read(out)] != [t for _, _, t in runs[0]]
 
 
+def test_bfloat16_products_same_output_whatever_the_batching(tiny_run, tmp_path):
+  """--precision=bfloat16: the products in bfloat16, recorded in the
+  settings; still a function of (seed, prompt, sample, position) only."""
+  prompts = _prompts_file(tmp_path, ["ROMEO:", "What say you", "A"])
+  runs = []
+  for i, batch_size in enumerate((1, 4, 64)):
+    out = tmp_path / f"b{i}.jsonl"
+    generate.run(_config(tiny_run[0], out, prompts=str(prompts), num_samples=2,
+                         batch_size=batch_size, seed=7, precision="bfloat16"))
+    rows = _read(out)
+    assert {r["settings"]["precision"] for r in rows} == {"bfloat16"}
+    runs.append([(r["id"], r["sample_index"], r["text"]) for r in rows])
+  assert runs[0] == runs[1] == runs[2]
+  with pytest.raises(ValueError, match="--precision"):
+    _config(tiny_run[0], tmp_path / "x.jsonl", precision="float16")
+
+
 def test_rows_with_the_same_prompt_share_a_prefill_and_match_lone_rows(tiny_run, tmp_path):
   # Repeats apart from each other and next to each other, of different
   # lengths, one with a character the vocabulary lacks: one prefill per

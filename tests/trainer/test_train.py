@@ -56,8 +56,13 @@ def test_exported_model_matches_the_keras_model(tiny_run):
   np.testing.assert_allclose(
       want, trainer.model(ids).numpy(), atol=1e-5)  # the best checkpoint is restored
   lm = serving.LanguageModel(spec, weights, meta.tokenizer_spec, vocab)
-  np.testing.assert_allclose(_serving_logits(lm, ids, np.full(3, 20, np.int32)), want,
-                             atol=1e-4)
+  got = _serving_logits(lm, ids, np.full(3, 20, np.int32))
+  np.testing.assert_allclose(got, want, atol=1e-4)
+  # textgen-generate --precision=bfloat16: products in bfloat16, close to it.
+  lm16 = serving.LanguageModel(spec, weights, meta.tokenizer_spec, vocab, precision="bfloat16")
+  got16 = _serving_logits(lm16, ids, np.full(3, 20, np.int32))
+  assert not np.array_equal(got16, got)
+  np.testing.assert_allclose(got16, want, atol=0.02 * np.abs(want).max())
   exported = keras.saving.load_model(str(model_dir / "export" / "model.keras"))
   np.testing.assert_allclose(exported(ids).numpy(), want, atol=1e-5)
 
@@ -76,6 +81,11 @@ def test_tied_embeddings_with_projection_export():
   lm = serving.LanguageModel(spec, weights, T.TokenizerSpec(type="char"), vocab)
   np.testing.assert_allclose(_serving_logits(lm, ids, np.array([10], np.int32)),
                              model(ids).numpy(), atol=1e-4)
+  lm16 = serving.LanguageModel(spec, weights, T.TokenizerSpec(type="char"), vocab,
+                               precision="bfloat16")  # the projection too
+  want = model(ids).numpy()
+  np.testing.assert_allclose(_serving_logits(lm16, ids, np.array([10], np.int32)),
+                             want, atol=0.02 * np.abs(want).max())
   rebuilt = model_lib.build_model(spec=spec)
   model_lib.load_weights(rebuilt, spec, weights)
   np.testing.assert_allclose(rebuilt(ids).numpy(), model(ids).numpy(), atol=1e-6)
