@@ -103,7 +103,7 @@ def training_text_bytes(words: Sequence[Tuple[str, int]]) -> int:
 
 
 def sample_counts(words: Sequence[Tuple[str, int]],
-                  max_bytes: int) -> List[Tuple[str, int]]:
+                  max_bytes: int) -> Sequence[Tuple[str, int]]:
   """Scales a word-count table down to about `max_bytes` of text.
 
   The text is what SentencePiece's unigram trainer writes: every word count
@@ -121,11 +121,12 @@ def sample_counts(words: Sequence[Tuple[str, int]],
     max_bytes: the most text; 0 = no limit (words returned as they are).
 
   Returns:
-    (word, count) pairs in the same order, counts >= 1.
+    (word, count) pairs in the same order, counts >= 1: `words` itself
+    when it fits.
   """
   total = training_text_bytes(words)
   if not max_bytes or total <= max_bytes:
-    return list(words)
+    return words
   scaled = [(word, (2 * count * max_bytes + total) // (2 * total)) for word, count in words]
   return [(word, count) for word, count in scaled if count]
 
@@ -172,7 +173,7 @@ def train_model(counts: Mapping[str, int], *, model_type: str, vocab_size: int,
   words = words[:MAX_TRAINING_WORDS]
   if model_type == "unigram":
     sampled = sample_counts(words, int(unigram_sample_mb * 1e6))
-    if sampled != words:
+    if sampled is not words:
       logging.info("unigram: word counts of %.1f MB of text scaled down to "
                    "--unigram_sample_mb=%g (%s of %s words kept)",
                    training_text_bytes(words) / 1e6, unigram_sample_mb,

@@ -10,6 +10,8 @@ no loss scaling. The variables, the output layer and the loss stay float32
 either way, and the export is float32.
 """
 
+from typing import Optional
+
 from absl import logging
 
 # Linux /proc/cpuinfo flags of x86 bfloat16 matrix arithmetic.
@@ -47,14 +49,16 @@ def policy_name(*, mixed_precision: bool, dtype: str, gpus: int) -> str:
   return f"mixed_{dtype}"
 
 
-def warn_if_slow(policy: str, *, gpus: int, cpu_bfloat16: bool):
-  """Logs a warning where the policy is slower than float32 here."""
+def warn_if_slow(policy: str, *, gpus: int, cpu_bfloat16: Optional[bool] = None):
+  """Logs a warning where the policy is slower than float32 here.
+  cpu_bfloat16: whether the CPU has bfloat16 instructions; None = read
+  /proc/cpuinfo (only for mixed_bfloat16 without GPUs)."""
   if gpus or policy == "float32":
     return
   if policy == "mixed_float16":
     logging.warning("--mixed_precision_dtype=float16 on CPU is slower than float32 "
                     "(x86 CPUs have no float16 arithmetic); bfloat16 is the CPU's")
-  elif not cpu_bfloat16:
+  elif not (cpu_has_bfloat16() if cpu_bfloat16 is None else cpu_bfloat16):
     logging.warning("This CPU has no bfloat16 instructions (%s): "
                     "--mixed_precision will be slower than float32",
                     ", ".join(_BFLOAT16_CPU_FLAGS))

@@ -202,7 +202,8 @@ class Trainer:
                       "kernel: expect several times slower training on GPU")
     self.policy = precision.policy_name(mixed_precision=config.mixed_precision,
                                         dtype=config.mixed_precision_dtype, gpus=gpus)
-    precision.warn_if_slow(self.policy, gpus=gpus, cpu_bfloat16=precision.cpu_has_bfloat16())
+    precision.warn_if_slow(self.policy, gpus=gpus)
+    self.loss_scaling = self.policy == "mixed_float16"  # Keras's, for float16
     if config.mixed_precision:
       logging.info("Mixed precision: Keras policy %s", self.policy)
       keras.mixed_precision.set_global_policy(self.policy)
@@ -215,7 +216,7 @@ class Trainer:
           fused_cpu_lstm=self.fused_cpu_lstm)
       self.optimizer, self.lr_schedule = optim.build_optimizer(
           config, total_steps=self.total_steps,
-          loss_scaling=self.policy == "mixed_float16")
+          loss_scaling=self.loss_scaling)
       self.optimizer.build(self.model.trainable_variables)
       self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
       self.best_val_loss = tf.Variable(np.inf, dtype=tf.float64, trainable=False)
@@ -241,7 +242,7 @@ class Trainer:
     global_batch, length = self.config.batch_size, self.window_length
     clip = self.config.clip_norm
     replicas = float(self.replicas)
-    scaled_loss = self.policy == "mixed_float16"  # Keras's loss scaling
+    loss_scaling = self.loss_scaling
 
     def token_stats(targets, logits):
       per_token = keras.losses.sparse_categorical_crossentropy(
@@ -255,7 +256,7 @@ class Trainer:
         logits = model(inputs, training=True)  # (batch, L, vocab)
         per_token, correct = token_stats(targets, logits)
         loss = tf.reduce_sum(per_token) / float(global_batch * length)
-        scaled = optimizer.scale_loss(loss) if scaled_loss else loss
+        scaled = optimizer.scale_loss(loss) if loss_scaling else loss
       variables = model.trainable_variables
       grads = [tf.convert_to_tensor(g) for g in tape.gradient(scaled, variables)]
       # Clip the global norm of the *summed* gradient: all-reduce here, then
@@ -263,7 +264,7 @@ class Trainer:
       ctx = tf.distribute.get_replica_context()
       grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
       norm = tf.linalg.global_norm(grads)
-      if scaled_loss:
+      if loss_scaling:
         norm = norm / tf.cast(optimizer.dynamic_scale, norm.dtype)
       factor = tf.minimum(1.0, clip / (norm + 1e-6)) if clip else 1.0
       grads = [g * (factor / replicas) for g in grads]

@@ -71,6 +71,10 @@ def test_bfloat16_products_same_output_whatever_the_batching(tiny_run, tmp_path)
   assert runs[0] == runs[1] == runs[2]
   with pytest.raises(ValueError, match="--precision"):
     _config(tiny_run[0], tmp_path / "x.jsonl", precision="float16")
+  # The flag's choices are the ones serving takes (a twin: the config
+  # module does not import TensorFlow).
+  from dataspec import serving
+  assert config_lib.PRECISIONS == serving.PRECISIONS
 
 
 def test_rows_with_the_same_prompt_share_a_prefill_and_match_lone_rows(tiny_run, tmp_path):

@@ -35,7 +35,7 @@ def test_cpu_bfloat16_flags(tmp_path):
   assert not precision.cpu_has_bfloat16(str(tmp_path / "missing"))
 
 
-def test_warns_where_16_bits_are_slower_than_float32(caplog):
+def test_warns_where_16_bits_are_slower_than_float32(caplog, monkeypatch):
   def warnings(policy, **kw):
     caplog.clear()
     with caplog.at_level(logging.WARNING):
@@ -47,3 +47,10 @@ def test_warns_where_16_bits_are_slower_than_float32(caplog):
   assert not warnings("mixed_bfloat16", gpus=0, cpu_bfloat16=True)
   assert not warnings("mixed_float16", gpus=1, cpu_bfloat16=False)
   assert not warnings("float32", gpus=0, cpu_bfloat16=False)
+  # Without the answer given, /proc/cpuinfo is read, and only for bfloat16
+  # on a CPU.
+  reads = []
+  monkeypatch.setattr(precision, "cpu_has_bfloat16", lambda: reads.append(1) or False)
+  assert "no bfloat16 instructions" in warnings("mixed_bfloat16", gpus=0)
+  assert not warnings("float32", gpus=0) and not warnings("mixed_float16", gpus=2)
+  assert len(reads) == 1
