@@ -16,6 +16,10 @@ interleaved in every round (ours, keras, torch, ours, ...):
   torch  PyTorch 2.13 (CPU build): Embedding -> nn.LSTM(2 layers) -> Linear,
          cross-entropy, Adam, batches gathered from the same windows
          (pip install -e '.[bench]').
+  ours_tfops
+         ours with the LSTM's gate math as TensorFlow ops instead of the
+         compiled ops of trainer/lstm_ops.cc (what runs where they are not
+         built; ours needs them built: python -m trainer.lstm_ops).
   ours_bf16, torch_bf16
          the same two in bfloat16 mixed precision (float32 weights and
          loss): ours with --mixed_precision (mixed_bfloat16 on a CPU),
@@ -48,7 +52,8 @@ _ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved rounds.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed training steps per measurement.")
 _WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed steps first (tracing, caches).")
 _BATCHES = flags.DEFINE_list("batch_sizes", ["64", "256"], "Global batch sizes.")
-_IMPLS = flags.DEFINE_list("impls", ["ours", "keras", "torch", "ours_bf16", "torch_bf16"],
+_IMPLS = flags.DEFINE_list("impls", ["ours", "keras", "torch", "ours_tfops", "ours_bf16",
+                                     "torch_bf16"],
                            "What to measure.")
 _WORKER = flags.DEFINE_string("worker", None, "Internal: measure one implementation.")
 _BATCH = flags.DEFINE_integer("batch", 64, "Internal: the worker's batch size.")
@@ -86,12 +91,18 @@ def flops_per_token(vocab) -> float:
 
 # ---- workers (each in its own process) ---------------------------------------
 
-def work_ours(batch, data_dir, steps, warmup, *, mixed_precision=False):
+def work_ours(batch, data_dir, steps, warmup, *, mixed_precision=False, gate_ops=True):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from trainer import config as train_config  # pylint: disable=g-import-not-at-top
+  from trainer import fused_lstm  # pylint: disable=g-import-not-at-top
   from trainer import heap  # pylint: disable=g-import-not-at-top
+  from trainer import lstm_ops  # pylint: disable=g-import-not-at-top
   from trainer import train  # pylint: disable=g-import-not-at-top
   heap.keep_freed_memory()  # as train.run() does
+  if not gate_ops:
+    fused_lstm._gate_ops = lambda dtype: None  # pylint: disable=protected-access
+  elif not mixed_precision and lstm_ops.load() is None:
+    raise SystemExit("ours needs the compiled gate ops: python -m trainer.lstm_ops")
   with tempfile.TemporaryDirectory() as tmp:
     trainer = train.Trainer(train_config.TrainConfig(
         dataset_dir=data_dir, model_dir=tmp, embedding_dim=EMBEDDING, units=UNITS,
@@ -170,11 +181,12 @@ def work_torch(batch, data_dir, steps, warmup, *, bfloat16=False):
 
 
 WORKERS = {"ours": work_ours, "keras": work_keras, "torch": work_torch,
+           "ours_tfops": functools.partial(work_ours, gate_ops=False),
            "ours_bf16": functools.partial(work_ours, mixed_precision=True),
            "torch_bf16": functools.partial(work_torch, bfloat16=True)}
 # The ratios printed: each (numerator, denominator) whose both were measured.
-RATIOS = (("ours", "keras"), ("ours", "torch"), ("ours_bf16", "torch_bf16"),
-          ("ours_bf16", "ours"))
+RATIOS = (("ours", "keras"), ("ours", "torch"), ("ours", "ours_tfops"),
+          ("ours_bf16", "torch_bf16"), ("ours_bf16", "ours"))
 
 
 def run_worker(impl, batch, data_dir):

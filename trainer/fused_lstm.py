@@ -15,6 +15,9 @@ CPU does what cuDNN and oneDNN do:
             all steps (inputs^T dZ, h_prev^T dZ) and the input gradient one
             (dZ kernel^T), instead of T small ones each.
 
+Each step's gate math runs as one compiled op per direction
+(`trainer/lstm_ops.cc`, float32) where it is built, else as TensorFlow ops.
+
 The math is Keras's LSTM with its defaults (gates i, f, c, o; sigmoid and
 tanh; c' = f c + i c~, h' = o tanh(c')): tests/trainer/test_fused_lstm.py
 compares outputs and gradients with keras.layers.LSTM on the same weights.
@@ -25,12 +28,19 @@ import os
 import keras
 import tensorflow as tf
 
+from trainer import lstm_ops
+
 
 def use_fused_cpu_path(*, gpus: int, recurrent_dropout: float) -> bool:
   """Which LSTM runs: the fused CPU path only without GPUs (on a GPU the
   Keras layer selects cuDNN) and without recurrent dropout (which neither
   fused path supports)."""
   return gpus == 0 and not recurrent_dropout
+
+
+def _gate_ops(dtype):
+  """The compiled gate ops for `dtype` (float32 only), or None."""
+  return lstm_ops.load() if dtype == tf.float32 else None
 
 
 def _recurrence(xw, recurrent_kernel, h0, c0):
@@ -45,12 +55,17 @@ def _recurrence(xw, recurrent_kernel, h0, c0):
     (outputs (time, batch, units), h, c after the last step).
   """
 
+  ops = _gate_ops(xw.dtype)
+
   @tf.custom_gradient
   def run(xw, recurrent_kernel, h0, c0):
     time = tf.shape(xw)[0]
     units = tf.shape(h0)[1]
 
     def step(t, h, c, hs, acts, cs):
+      if ops is not None:
+        h, c, act = ops.textgen_lstm_gates(xw[t], tf.matmul(h, recurrent_kernel), c)
+        return t + 1, h, c, hs.write(t, h), acts.write(t, act), cs.write(t + 1, c)
       z = xw[t] + tf.matmul(h, recurrent_kernel)  # (batch, 4 units)
       i, f, g, o = tf.split(z, 4, axis=1)
       i, f, g, o = tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
@@ -75,6 +90,9 @@ def _recurrence(xw, recurrent_kernel, h0, c0):
       def back(k, dh_next, dc_next, dzs):
         t = time - 1 - k  # backwards
         dh = d_outputs[t] + dh_next
+        if ops is not None:
+          dz, dc_prev = ops.textgen_lstm_gates_grad(dh, dc_next, acts[t], cs[t], cs[t + 1])
+          return k + 1, tf.matmul(dz, recurrent_t), dc_prev, dzs.write(t, dz)
         i, f, g, o = tf.split(acts[t], 4, axis=1)
         tc = tf.tanh(cs[t + 1])  # recomputed: cheaper than keeping (time, batch, units)
         dc = dh * o * (1.0 - tc * tc) + dc_next

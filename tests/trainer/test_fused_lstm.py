@@ -34,9 +34,16 @@ def _run(layer, x, h0, c0, d_out):
   return [outputs, h, c] + grads
 
 
+@pytest.mark.parametrize("gate_ops", ["compiled", "tensorflow"])
 @pytest.mark.parametrize("batch,parts", [(8, 1), (7, 3), (1, 2)])
-def test_outputs_and_gradients_equal_keras_lstm(batch, parts, monkeypatch):
+def test_outputs_and_gradients_equal_keras_lstm(batch, parts, gate_ops, monkeypatch):
+  """Both forms of the gate math: the compiled ops (trainer/lstm_ops.cc)
+  and TensorFlow's ops (where they are not built)."""
   monkeypatch.setattr(fused_lstm.CpuLSTM, "parts", property(lambda self: parts))
+  if gate_ops == "tensorflow":
+    monkeypatch.setattr(fused_lstm, "_gate_ops", lambda dtype: None)
+  else:
+    assert fused_lstm._gate_ops(tf.float32) is not None, "python -m trainer.lstm_ops"
   reference, fused = _pair()
   rng = np.random.default_rng(batch)
   x = tf.constant(rng.normal(size=(batch, 13, 10)), tf.float32)

@@ -1,0 +1,127 @@
+"""The compiled gate ops (trainer/lstm_ops.cc): built by ./install.sh, the
+same numbers as TensorFlow's ops, checked shapes, a build that fails cleanly
+and a trainer that runs without them."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import fused_lstm
+from trainer import lstm_ops
+
+
+def _ops():
+  ops = lstm_ops.load()
+  assert ops is not None, "gate ops not built: ./install.sh runs python -m trainer.lstm_ops"
+  return ops
+
+
+def _reference_forward(xw, hr, c_prev):
+  i, f, g, o = tf.split(xw + hr, 4, axis=1)
+  i, f, g, o = tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
+  c = f * c_prev + i * g
+  return o * tf.tanh(c), c, tf.concat([i, f, g, o], 1)
+
+
+@pytest.mark.parametrize("rows,units", [(1, 1), (3, 7), (32, 256), (5, 33)])
+def test_ops_match_tensorflow_ops(rows, units):
+  """Forward outputs, and the gradient op against TensorFlow's autodiff of
+  the same step (sizes that do and do not fill whole vectors)."""
+  ops = _ops()
+  rng = np.random.default_rng(rows * 100 + units)
+  xw, hr = (tf.constant(rng.normal(0, 2, (rows, 4 * units)), tf.float32) for _ in range(2))
+  c_prev = tf.constant(rng.normal(0, 1, (rows, units)), tf.float32)
+  h, c, act = ops.textgen_lstm_gates(xw, hr, c_prev)
+  for got, want in zip((h, c, act), _reference_forward(xw, hr, c_prev)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+  dh, dc_next = (tf.constant(rng.normal(size=(rows, units)), tf.float32) for _ in range(2))
+  with tf.GradientTape() as tape:
+    tape.watch([xw, c_prev])
+    h_ref, c_ref, _ = _reference_forward(xw, hr, c_prev)
+    loss = tf.reduce_sum(h_ref * dh) + tf.reduce_sum(c_ref * dc_next)
+  want_dz, want_dc_prev = tape.gradient(loss, [xw, c_prev])
+  dz, dc_prev = ops.textgen_lstm_gates_grad(dh, dc_next, act, c_prev, c)
+  np.testing.assert_allclose(dz, want_dz, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(dc_prev, want_dc_prev, rtol=1e-4, atol=1e-5)
+
+
+def test_ops_reject_mismatched_shapes():
+  ops = _ops()
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r"\(rows, 4 units\) = \(2, 12\)"):
+    ops.textgen_lstm_gates(tf.zeros([2, 10]), tf.zeros([2, 10]), tf.zeros([2, 3]))
+  with pytest.raises(tf.errors.InvalidArgumentError, match="states differ in shape"):
+    ops.textgen_lstm_gates_grad(tf.zeros([2, 3]), tf.zeros([2, 3]), tf.zeros([2, 12]),
+                                tf.zeros([3, 3]), tf.zeros([2, 3]))
+
+
+def test_the_trainers_float32_loop_runs_the_ops():
+  """The CPU LSTM's traced loops contain the compiled ops in float32, and
+  TensorFlow's ops in bfloat16 (the ops are float32 only)."""
+  layer = fused_lstm.CpuLSTM(8, return_sequences=True)
+  layer.build((None, None, 4))
+
+  def op_types(dtype):
+    @tf.function
+    def step(x):
+      with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer.inner_loop(tf.cast(x, dtype), [tf.zeros([2, 8], dtype)] * 2, None)[1]
+        loss = tf.reduce_sum(tf.cast(y, tf.float32))
+      return tape.gradient(loss, x)
+    graph = step.get_concrete_function(tf.TensorSpec([2, 5, 4])).graph
+    types = set()
+    for fn in [graph.as_graph_def()] + list(graph.as_graph_def().library.function):
+      nodes = fn.node if hasattr(fn, "node") else fn.node_def
+      types.update(n.op for n in nodes)
+    return types
+
+  _ops()
+  assert {"TextgenLstmGates", "TextgenLstmGatesGrad"} <= op_types(tf.float32)
+  assert not {"TextgenLstmGates", "TextgenLstmGatesGrad"} & op_types(tf.bfloat16)
+
+
+def test_cpu_feature_check():
+  v3 = "flags\t\t: fpu sse2 avx avx2 bmi1 bmi2 f16c fma abm movbe xsave avx512f\n"
+  assert lstm_ops.cpu_runs("x86-64-v3", cpuinfo="processor : 0\n" + v3)
+  assert not lstm_ops.cpu_runs("x86-64-v3", cpuinfo=v3.replace(" avx2", ""))
+  assert not lstm_ops.cpu_runs("x86-64-v3", cpuinfo="processor : 0\n")
+  assert lstm_ops.cpu_runs("x86-64", cpuinfo="flags : sse2\n")
+
+
+def test_build_into_a_directory(tmp_path, monkeypatch):
+  """A real build of one variant, named for TensorFlow's version and the
+  source; libraries of an older source are removed, the current one kept."""
+  monkeypatch.setattr(lstm_ops, "_DIR", str(tmp_path))
+  monkeypatch.setattr(lstm_ops, "variants", lambda: [""])
+  stale = tmp_path / "_lstm_ops-tf2.20.0-default-000000000000.so"
+  stale.write_bytes(b"old")
+  (path,) = lstm_ops.build()
+  assert os.path.dirname(path) == str(tmp_path)
+  assert f"-tf{tf.__version__}-default-" in os.path.basename(path)
+  with open(path, "rb") as f:
+    assert f.read(4) == b"\x7fELF"
+  assert not stale.exists()
+  assert sorted(os.listdir(tmp_path)) == [os.path.basename(path)]
+  mtime = os.path.getmtime(path)
+  assert lstm_ops.build() == [path] and os.path.getmtime(path) == mtime  # not rebuilt
+
+
+@pytest.mark.parametrize("compiler,message", [("false", "compiling .* failed"),
+                                              ("/nonexistent/g++", "no C\\+\\+ compiler")])
+def test_failed_build_leaves_nothing(compiler, message, tmp_path, monkeypatch):
+  monkeypatch.setattr(lstm_ops, "_DIR", str(tmp_path))
+  monkeypatch.setenv("CXX", compiler)
+  with pytest.raises(RuntimeError, match=message):
+    lstm_ops.build()
+  assert os.listdir(tmp_path) == []
+
+
+def test_without_a_built_library_the_trainer_uses_tensorflow_ops(tmp_path, monkeypatch):
+  monkeypatch.setattr(lstm_ops, "_DIR", str(tmp_path))
+  warnings = []
+  monkeypatch.setattr(lstm_ops.logging, "warning", lambda msg, *a: warnings.append(msg % a))
+  assert lstm_ops.load.__wrapped__() is None
+  assert "python -m trainer.lstm_ops" in warnings[0]
