@@ -16,7 +16,8 @@ CPU does what cuDNN and oneDNN do:
             (dZ kernel^T), instead of T small ones each.
 
 Each step's gate math runs as one compiled op per direction
-(`trainer/lstm_ops.cc`, float32) where it is built, else as TensorFlow ops.
+(`trainer/lstm_ops.cc`, float32 and bfloat16) where it is built, else as
+TensorFlow ops.
 
 The math is Keras's LSTM with its defaults (gates i, f, c, o; sigmoid and
 tanh; c' = f c + i c~, h' = o tanh(c')): tests/trainer/test_fused_lstm.py
@@ -39,8 +40,8 @@ def use_fused_cpu_path(*, gpus: int, recurrent_dropout: float) -> bool:
 
 
 def _gate_ops(dtype):
-  """The compiled gate ops for `dtype` (float32 only), or None."""
-  return lstm_ops.load() if dtype == tf.float32 else None
+  """The compiled gate ops for `dtype` (float32 and bfloat16), or None."""
+  return lstm_ops.load() if dtype in (tf.float32, tf.bfloat16) else None
 
 
 def _recurrence(xw, recurrent_kernel, h0, c0):

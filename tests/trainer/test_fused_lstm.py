@@ -76,11 +76,15 @@ def test_fused_path_is_what_runs():
     fused_lstm.lstm_sequence = original
 
 
+@pytest.mark.parametrize("gate_ops", ["compiled", "tensorflow"])
 @pytest.mark.parametrize("dtype,atol", [(tf.float16, 5e-3), (tf.bfloat16, 2e-2)])
-def test_16_bit_inputs_as_under_mixed_precision(dtype, atol):
+def test_16_bit_inputs_as_under_mixed_precision(dtype, atol, gate_ops, monkeypatch):
   """mixed_float16 (GPU policy, here for tests) and mixed_bfloat16 (the
   CPU's): the fused loop runs in the inputs' dtype; outputs and gradients
-  (to the float32 weights) close to float32's."""
+  (to the float32 weights) close to float32's. (float16 has no compiled
+  ops: both cases run TensorFlow's.)"""
+  if gate_ops == "tensorflow":
+    monkeypatch.setattr(fused_lstm, "_gate_ops", lambda dtype: None)
   reference, fused = _pair()
   x = tf.random.normal((4, 9, 10), seed=1)
   h0 = tf.zeros((4, 24))

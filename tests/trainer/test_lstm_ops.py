@@ -48,6 +48,35 @@ def test_ops_match_tensorflow_ops(rows, units):
   np.testing.assert_allclose(dc_prev, want_dc_prev, rtol=1e-4, atol=1e-5)
 
 
+def test_bfloat16_ops_compute_in_float32():
+  """bfloat16 in and out (mixed_bfloat16 training), float32 inside: within
+  bfloat16's rounding of the float32 op's results, and closer to them than
+  TensorFlow's all-bfloat16 ops are."""
+  ops = _ops()
+  rng = np.random.default_rng(3)
+  rows, units = 6, 40
+  xw, hr = (tf.constant(rng.normal(0, 2, (rows, 4 * units)), tf.float32) for _ in range(2))
+  c_prev = tf.constant(rng.normal(0, 1, (rows, units)), tf.float32)
+  b16 = lambda t: tf.cast(t, tf.bfloat16)
+  f32 = lambda t: tf.cast(t, tf.float32)
+  exact = ops.textgen_lstm_gates(f32(b16(xw)), f32(b16(hr)), f32(b16(c_prev)))
+  got = ops.textgen_lstm_gates(b16(xw), b16(hr), b16(c_prev))
+  tf_bf16 = _reference_forward(b16(xw), b16(hr), b16(c_prev))
+  assert [t.dtype for t in got] == [tf.bfloat16] * 3
+  for name, g, e, t in zip(("h", "c", "act"), got, exact, tf_bf16):
+    error = float(tf.reduce_max(tf.abs(f32(g) - e)))
+    assert error <= 2 ** -8 * float(tf.reduce_max(tf.abs(e))), name
+    assert float(tf.reduce_mean(tf.abs(f32(g) - e))) <= float(tf.reduce_mean(tf.abs(f32(t) - e))), name
+
+  dh, dc_next = (tf.constant(rng.normal(size=(rows, units)), tf.float32) for _ in range(2))
+  want = ops.textgen_lstm_gates_grad(f32(b16(dh)), f32(b16(dc_next)), f32(got[2]),
+                                     f32(b16(c_prev)), f32(got[1]))
+  grads = ops.textgen_lstm_gates_grad(b16(dh), b16(dc_next), got[2], b16(c_prev), got[1])
+  for g, w in zip(grads, want):
+    assert g.dtype == tf.bfloat16
+    np.testing.assert_allclose(f32(g), w, atol=2 ** -8 * float(tf.reduce_max(tf.abs(w))))
+
+
 def test_ops_reject_mismatched_shapes():
   ops = _ops()
   with pytest.raises(tf.errors.InvalidArgumentError, match=r"\(rows, 4 units\) = \(2, 12\)"):
@@ -57,9 +86,9 @@ def test_ops_reject_mismatched_shapes():
                                 tf.zeros([3, 3]), tf.zeros([2, 3]))
 
 
-def test_the_trainers_float32_loop_runs_the_ops():
-  """The CPU LSTM's traced loops contain the compiled ops in float32, and
-  TensorFlow's ops in bfloat16 (the ops are float32 only)."""
+def test_the_trainers_loop_runs_the_ops():
+  """The CPU LSTM's traced loops contain the compiled ops in float32 and
+  bfloat16, and TensorFlow's ops in float16 (which the ops do not take)."""
   layer = fused_lstm.CpuLSTM(8, return_sequences=True)
   layer.build((None, None, 4))
 
@@ -79,8 +108,10 @@ def test_the_trainers_float32_loop_runs_the_ops():
     return types
 
   _ops()
-  assert {"TextgenLstmGates", "TextgenLstmGatesGrad"} <= op_types(tf.float32)
-  assert not {"TextgenLstmGates", "TextgenLstmGatesGrad"} & op_types(tf.bfloat16)
+  ours = {"TextgenLstmGates", "TextgenLstmGatesGrad"}
+  assert ours <= op_types(tf.float32)
+  assert ours <= op_types(tf.bfloat16)
+  assert not ours & op_types(tf.float16)
 
 
 def test_cpu_feature_check():
