@@ -25,7 +25,7 @@ import platform
 import subprocess
 import sys
 import tempfile
-from typing import List, Optional
+from typing import List
 
 from absl import app
 from absl import flags
@@ -33,6 +33,7 @@ from absl import logging
 import tensorflow as tf
 
 from dataspec import cli
+from trainer.cpuinfo import cpu_flags
 
 _DIR = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.join(_DIR, "lstm_ops.cc")
@@ -57,20 +58,11 @@ def library_path(variant: str) -> str:
   return os.path.join(_DIR, name)
 
 
-def cpu_runs(variant: str, cpuinfo: Optional[str] = None) -> bool:
-  """Whether this CPU has the instructions `variant` may use."""
-  if variant != "x86-64-v3":
-    return True
-  if cpuinfo is None:
-    try:
-      with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-        cpuinfo = f.read()
-    except OSError:
-      return False  # cannot tell: the plain x86-64 build is safe
-  for line in cpuinfo.splitlines():
-    if line.startswith("flags"):
-      return _X86_64_V3_FLAGS <= set(line.partition(":")[2].split())
-  return False
+def cpu_runs(variant: str, cpuinfo: str = "/proc/cpuinfo") -> bool:
+  """Whether this CPU has the instructions `variant` may use (for
+  x86-64-v3, False where /proc/cpuinfo cannot be read: the plain x86-64
+  build is the safe one)."""
+  return variant != "x86-64-v3" or _X86_64_V3_FLAGS <= cpu_flags(cpuinfo)
 
 
 def compile_command(variant: str, output: str) -> List[str]:

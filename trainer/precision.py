@@ -14,6 +14,8 @@ from typing import Optional
 
 from absl import logging
 
+from trainer.cpuinfo import cpu_flags
+
 # Linux /proc/cpuinfo flags of x86 bfloat16 matrix arithmetic.
 _BFLOAT16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
@@ -21,14 +23,7 @@ _BFLOAT16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 def cpu_has_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
   """Whether this CPU has bfloat16 matrix instructions (False where
   /proc/cpuinfo cannot be read)."""
-  try:
-    with open(cpuinfo, encoding="ascii", errors="replace") as f:
-      for line in f:
-        if line.startswith("flags"):
-          return any(flag in line.split() for flag in _BFLOAT16_CPU_FLAGS)
-  except OSError:
-    pass
-  return False
+  return not cpu_flags(cpuinfo).isdisjoint(_BFLOAT16_CPU_FLAGS)
 
 
 def policy_name(*, mixed_precision: bool, dtype: str, gpus: int) -> str:

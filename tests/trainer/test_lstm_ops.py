@@ -114,12 +114,18 @@ def test_the_trainers_loop_runs_the_ops():
   assert not ours & op_types(tf.float16)
 
 
-def test_cpu_feature_check():
+def test_cpu_feature_check(tmp_path):
+  def cpuinfo(text):
+    path = tmp_path / "cpuinfo"
+    path.write_text(text)
+    return str(path)
+
   v3 = "flags\t\t: fpu sse2 avx avx2 bmi1 bmi2 f16c fma abm movbe xsave avx512f\n"
-  assert lstm_ops.cpu_runs("x86-64-v3", cpuinfo="processor : 0\n" + v3)
-  assert not lstm_ops.cpu_runs("x86-64-v3", cpuinfo=v3.replace(" avx2", ""))
-  assert not lstm_ops.cpu_runs("x86-64-v3", cpuinfo="processor : 0\n")
-  assert lstm_ops.cpu_runs("x86-64", cpuinfo="flags : sse2\n")
+  assert lstm_ops.cpu_runs("x86-64-v3", cpuinfo=cpuinfo("processor : 0\n" + v3))
+  assert not lstm_ops.cpu_runs("x86-64-v3", cpuinfo=cpuinfo(v3.replace(" avx2", "")))
+  assert not lstm_ops.cpu_runs("x86-64-v3", cpuinfo=cpuinfo("processor : 0\n"))
+  assert not lstm_ops.cpu_runs("x86-64-v3", cpuinfo=str(tmp_path / "missing"))
+  assert lstm_ops.cpu_runs("x86-64", cpuinfo=cpuinfo("flags : sse2\n"))
 
 
 def test_build_into_a_directory(tmp_path, monkeypatch):
