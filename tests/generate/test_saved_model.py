@@ -268,6 +268,37 @@ def test_generate_signature_edges(tiny_run):
   assert none["text"].numpy().tolist() == [b""] and none["num_tokens"].numpy()[0] == 0
 
 
+def test_prefill_runs_one_chunk_at_a_time(tiny_run):
+  """The prefill's loop over chunks keeps one chunk in flight (the bottom
+  layer running chunks ahead of the top one held each chunk's products: a
+  batch-256 bfloat16 prefill peaked 114 MB higher), and a prompt of several
+  chunks gives the same logits as a one-chunk-at-a-time loop by hand."""
+  import tensorflow as tf
+  from dataspec import serving
+  spec, weights, meta, vocab, _ = export_lib.load_export(str(tiny_run[0] / "export"))
+  lm = serving.LanguageModel(spec, weights, meta.tokenizer_spec, vocab)
+  text = shakespeare_text(4 * serving.PREFILL_CHUNK)
+  ids = lm.tokenizer.encode(tf.constant([text[:-7], text])).to_tensor()
+  assert ids.shape[1] > 2 * serving.PREFILL_CHUNK
+  lengths = tf.constant([ids.shape[1] - 7, ids.shape[1]])
+  prefill = tf.function(lambda: lm._prefill(ids, lengths))  # pylint: disable=protected-access
+  graph = prefill.get_concrete_function().graph
+  loops = [op for op in graph.get_operations() if op.type in ("While", "StatelessWhile")]
+  assert len(loops) == 1, [op.name for op in loops]  # the chunk loop; the layers' are inside
+  assert loops[0].get_attr("parallel_iterations") == 1
+  logits, h, c = prefill()
+  h_hand, c_hand = lm._zero_state(2)  # pylint: disable=protected-access
+  for start in range(0, ids.shape[1], serving.PREFILL_CHUNK):
+    _, h_hand, c_hand = lm._sequence(  # pylint: disable=protected-access
+        ids[:, start:start + serving.PREFILL_CHUNK],
+        tf.clip_by_value(lengths - start, 0, serving.PREFILL_CHUNK), h_hand, c_hand,
+        top_outputs=False)
+  np.testing.assert_array_equal(h.numpy(), h_hand.numpy())
+  np.testing.assert_array_equal(c.numpy(), c_hand.numpy())
+  np.testing.assert_array_equal(logits.numpy(),
+                                lm._logits(h_hand[-1]).numpy())  # pylint: disable=protected-access
+
+
 def test_old_export_without_saved_model_is_refused_by_eval(tiny_run, tmp_path):
   copy = tmp_path / "m"
   shutil.copytree(tiny_run[0] / "export", copy / "export")
