@@ -70,15 +70,22 @@ def token_salts(vocab_size):
   return tf.cast(tf.range(vocab_size), tf.uint32)[None, :] * _u32(0xC2B2AE3D)
 
 
+def uniform_from_bits(x):
+  """uint32 hash values -> float32 uniforms strictly inside (0, 1): the top 23
+  bits k as (k + 0.5) / 2^23, which float32 holds exactly. (With 24 bits,
+  k + 0.5 rounds to even above 2^23 and the top value became 1.0, whose
+  noise is infinite: once in 2^24 draws a token was picked whatever its
+  probability, about every 500 steps with a 32k vocabulary.)"""
+  return (tf.cast(tf.bitwise.right_shift(x, _u32(9)), tf.float32) + 0.5) * (1.0 / (1 << 23))
+
+
 def gumbel_noise(row_seeds, position, salts):
   """(batch, vocab) float32 Gumbel(0, 1) noise, a pure function of each row's
-  seed, the position and the token id: 24 bits of a murmur3-mixed hash make a
-  uniform strictly inside (0, 1)."""
+  seed, the position and the token id (a murmur3-mixed hash)."""
   rows = tf.cast(row_seeds, tf.uint32)[:, None]  # (batch, 1); seeds are 31-bit
   pos = tf.cast(position, tf.uint32)
   x = _mix32(_mix32(rows * _u32(0x9E3779B1) + pos * _u32(0x85EBCA77)) + salts)
-  uniform = (tf.cast(tf.bitwise.right_shift(x, _u32(8)), tf.float32) + 0.5) * (1.0 / (1 << 24))
-  return -tf.math.log(-tf.math.log(uniform))
+  return -tf.math.log(-tf.math.log(uniform_from_bits(x)))
 
 
 def row_seeds(seed, prompt_index, sample_index):
