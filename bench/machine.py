@@ -21,6 +21,8 @@ import sys
 import time
 from typing import Dict, Iterable, Tuple
 
+from trainer.cpuinfo import cpu_flags
+
 
 def cpu_model() -> str:
   try:
@@ -30,8 +32,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
   name = next((l.split(":", 1)[1].strip() for l in info.splitlines()
                if l.startswith("model name")), platform.machine())
-  flags = next((l.split(":", 1)[1].split() for l in info.splitlines()
-                if l.startswith("flags")), [])
+  flags = cpu_flags()
   isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
   return f"{name}, {isa}"
 
