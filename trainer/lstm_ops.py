@@ -13,9 +13,10 @@ project, not shipped:
 On x86-64 two variants are built, for AVX2 CPUs (x86-64-v3) and for any
 x86-64 CPU, and the best one the CPU runs is loaded. Without a built library
 (no compiler, another TensorFlow, another CPU architecture) training runs
-exactly as before on TensorFlow's own ops, 1.13-1.26x slower, after one
-warning that says how to build it. Only the training step uses them: the
-exported SavedModel and model.keras contain no custom ops.
+exactly as before on TensorFlow's own ops, 1.13-1.37x slower in three runs
+(README "Training"), after one warning that says how to build it. Only the
+training step uses them: the exported SavedModel and model.keras contain no
+custom ops.
 """
 
 import functools
@@ -128,7 +129,7 @@ def load():
     return ops
   logging.warning(
       "LSTM gate ops not built for TensorFlow %s on this CPU (trainer/lstm_ops.py): the "
-      "CPU LSTM runs TensorFlow's own ops, 1.1-1.3x slower. Build them with "
+      "CPU LSTM runs TensorFlow's own ops, 1.1-1.4x slower. Build them with "
       "`python -m trainer.lstm_ops` (needs g++).", tf.__version__)
   return None
 
