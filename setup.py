@@ -52,10 +52,11 @@ setuptools.setup(
         "text": [TF_TEXT],
         # Benchmarks only, never a dependency of the jobs: PyTorch's anchor
         # (bench/bench_train.py, bench_generate.py; the CPU build: an
-        # unpinned torch pulls the multi-GB CUDA one) and run_all.py's plot.
-        # Not in "test": Keras imports matplotlib whenever it is installed
-        # (30 MB more in every TensorFlow process).
-        "bench": ["torch==2.13.0", "matplotlib>=3.9"],
+        # unpinned torch pulls the multi-GB CUDA one). No matplotlib here
+        # or in "test": Keras imports it whenever it is installed (28 MB
+        # more in every TensorFlow process the benches measure), so
+        # run_all.py writes its plot as plain SVG.
+        "bench": ["torch==2.13.0"],
         "test": [
             "pytest>=8",
             # ./test.sh runs the suite in 2+ processes: most slow tests wait

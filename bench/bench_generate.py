@@ -29,7 +29,11 @@ every round:
 
 Prints the machine and its 1-minute load average before and after, then per
 batch size the median decode tokens/s of each, ours' prefill rate, the
-ratios and each one's peak RSS (and RSS after start-up, before the model).
+ratios and each one's peak RSS (and RSS after start-up, before the model),
+then peak RSS and peak anonymous memory side by side: the second without
+shared libraries' pages, whose count depends on the host's page cache, from
+one more untimed run of each (sampling it slows a run; see
+machine.run_worker).
 """
 
 import functools
@@ -210,10 +214,10 @@ WORKERS = {"ours": work_ours, "keras": work_keras, "torch": work_torch,
 BFLOAT16_RATIOS = (("ours_bf16", "torch_bf16"), ("ours_bf16", "ours"))
 
 
-def run_worker(impl, batch):
+def run_worker(impl, batch, *, anonymous_memory=False):
   tokens = _TUTORIAL_TOKENS.value if impl == "tutorial" else _NEW_TOKENS.value
   return machine.run_worker(__file__, f"--worker={impl}", f"--batch={batch}",
-                            f"--new_tokens={tokens}")
+                            f"--new_tokens={tokens}", anonymous_memory=anonymous_memory)
 
 
 def main(_):
@@ -233,6 +237,13 @@ def main(_):
               f"{result['decode']:,.0f} tokens/s" +
               (f", prefill {result['prefill']:,.0f} tokens/s" if "prefill" in result else "") +
               f", peak RSS {result['peak_rss_mb']:,.0f} MB", flush=True)
+  # Anonymous memory in one more, untimed run of each (machine.run_worker).
+  anon = {}
+  for batch in batches:
+    for impl in impls:
+      anon[impl, batch] = run_worker(impl, batch, anonymous_memory=True)["peak_anon_mb"]
+      print(f"memory run batch {batch} {impl}: peak anonymous {anon[impl, batch]:,.0f} MB",
+            flush=True)
   print(f"\n{machine.describe()} (after)")
   print(f"\nmodel: {LAYERS}x LSTM {UNITS}, embedding {EMBEDDING}, window {WINDOW}; "
         f"ours samples (temperature 1), the others are greedy; "
@@ -255,6 +266,22 @@ def main(_):
           " | ".join(f"{max(r['peak_rss_mb'] for r in results[i, batch]):,.0f} MB "
                      f"({min(r['start_rss_mb'] for r in results[i, batch]):,.0f})"
                      for i in impls) + " |")
+  # Peak memory: RSS (the largest of the rounds) and anonymous memory
+  # without the touched pages of shared libraries (the memory run).
+  peak = lambda i, b, key: (anon[i, b] if key == "peak_anon_mb"
+                            else max(r[key] for r in results[i, b]))
+  mem_pairs = [(a, b) for a, b in (("ours", "torch"), ("ours", "keras"),
+                                   ("ours_bf16", "torch_bf16")) if a in impls and b in impls]
+  print("\n| batch | " + " | ".join(f"{i} peak RSS / anonymous" for i in impls) + " | " +
+        " | ".join(f"{a} / {b} RSS | {a} / {b} anonymous" for a, b in mem_pairs) + " |")
+  print("|---:|" + "---:|" * (len(impls) + 2 * len(mem_pairs)))
+  for batch in batches:
+    print(f"| {batch} | " + " | ".join(
+        f"{peak(i, batch, 'peak_rss_mb'):,.0f} / {peak(i, batch, 'peak_anon_mb'):,.0f} MB"
+        for i in impls) + " | " + " | ".join(
+            f"{peak(a, batch, 'peak_rss_mb') / peak(b, batch, 'peak_rss_mb'):.2f}x | "
+            f"{peak(a, batch, 'peak_anon_mb') / peak(b, batch, 'peak_anon_mb'):.2f}x"
+            for a, b in mem_pairs) + " |")
   if "ours" in impls:
     print("\nours prefill tokens/s with one prompt in every row (the samples of one "
           "prompt share its prefill): " + ", ".join(

@@ -28,7 +28,10 @@ interleaved in every round (ours, keras, torch, ours, ...):
 
 Prints the machine, its 1-minute load average before and after, TensorFlow's
 matmul peak at the LSTM's GEMM shapes, then per batch size the median target
-tokens/s of each (and every round's), the ratios, and peak RSS.
+tokens/s of each (and every round's), the ratios, and peak memory: RSS (the
+largest of the timed rounds) and anonymous memory, without shared
+libraries' pages, whose count depends on the host's page cache, from one
+more untimed run of each (sampling it slows a run; see machine.run_worker).
 """
 
 import functools
@@ -192,12 +195,14 @@ RATIOS = (("ours", "keras"), ("ours", "torch"), ("ours", "ours_tfops"),
           ("ours_bf16", "ours_bf16_tfops"))
 
 
-def run_worker(impl, batch, data_dir):
-  """Measures in a fresh process; returns (tokens/s, peak RSS MB)."""
-  result = machine.run_worker(
+def run_worker(impl, batch, data_dir, *, anonymous_memory=False):
+  """Measures in a fresh process: {"tokens_per_second", "peak_rss_mb"}, and
+  with `anonymous_memory` "peak_anon_mb" (which slows the run: its speed
+  is not used)."""
+  return machine.run_worker(
       __file__, f"--worker={impl}", f"--batch={batch}", f"--data={data_dir}",
-      f"--steps={_STEPS.value}", f"--warmup={_WARMUP.value}")
-  return result["tokens_per_second"], result["peak_rss_mb"]
+      f"--steps={_STEPS.value}", f"--warmup={_WARMUP.value}",
+      anonymous_memory=anonymous_memory)
 
 
 def main(_):
@@ -219,15 +224,23 @@ def main(_):
     print("TensorFlow float32 matmul peak (best of 5): " +
           ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
     results = {(impl, b): [] for impl in _IMPLS.value for b in batches}
-    rss = {}
+    rss, anon = {}, {}
     for round_index in range(_ROUNDS.value):
       for batch in batches:
         for impl in _IMPLS.value:
-          tokens, peak = run_worker(impl, batch, data_dir)
+          result = run_worker(impl, batch, data_dir)
+          tokens, peak = result["tokens_per_second"], result["peak_rss_mb"]
           results[impl, batch].append(tokens)
           rss[impl, batch] = max(rss.get((impl, batch), 0), peak)
           print(f"round {round_index + 1} batch {batch} {impl}: {tokens:,.0f} tokens/s, "
                 f"peak RSS {peak:,.0f} MB", flush=True)
+    # Anonymous memory in one more, untimed run of each (machine.run_worker).
+    for batch in batches:
+      for impl in _IMPLS.value:
+        anon[impl, batch] = run_worker(impl, batch, data_dir,
+                                       anonymous_memory=True)["peak_anon_mb"]
+        print(f"memory run batch {batch} {impl}: peak anonymous "
+              f"{anon[impl, batch]:,.0f} MB", flush=True)
     print(f"\n{machine.describe()} (after)")
     flops = flops_per_token(vocab)
     print(f"\nmodel: 2x LSTM {UNITS}, embedding {EMBEDDING}, vocab {vocab}, window "
@@ -245,6 +258,18 @@ def main(_):
             " | ".join(f"{med[a] / med[b]:.2f}x" for a, b in pairs) + " | " +
             " | ".join(f"{rss[i, batch]:,.0f} MB" for i in impls) + " | " +
             (f"{med['ours'] * flops / 1e9:.0f} |" if "ours" in med else "- |"))
+    # Peak memory: RSS (the largest of the rounds) and anonymous memory
+    # without the touched pages of shared libraries (the memory run).
+    mem_pairs = [(a, b) for a, b in (("ours", "torch"), ("ours_bf16", "torch_bf16"))
+                 if a in impls and b in impls]
+    print("\n| batch | " + " | ".join(f"{i} peak RSS / anonymous" for i in impls) + " | " +
+          " | ".join(f"{a} / {b} RSS | {a} / {b} anonymous" for a, b in mem_pairs) + " |")
+    print("|---:|" + "---:|" * (len(impls) + 2 * len(mem_pairs)))
+    for batch in batches:
+      print(f"| {batch} | " + " | ".join(
+          f"{rss[i, batch]:,.0f} / {anon[i, batch]:,.0f} MB" for i in impls) + " | " + " | ".join(
+          f"{rss[a, batch] / rss[b, batch]:.2f}x | {anon[a, batch] / anon[b, batch]:.2f}x"
+          for a, b in mem_pairs) + " |")
     print("\nevery round (tokens/s): " + "; ".join(
         f"{i}@{b}: " + ", ".join(f"{v:,.0f}" for v in results[i, b])
         for b in batches for i in impls))

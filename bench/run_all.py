@@ -8,7 +8,7 @@ r"""Runs every benchmark and writes bench/results/RESULTS.md and a plot.
    RESULTS.md with the machine's description.
 2. The quality recipe (recipes/<name>/*.flags): preprocess + train, then its
    validation loss is plotted against wall time and against tokens seen
-   (bench/results/validation_loss.png) from the run's TensorBoard events,
+   (bench/results/validation_loss.svg) from the run's TensorBoard events,
    next to the baseline of the same run: the tutorial recipe (Keras
    Sequential, one-hot target for the last position of each window,
    train_on_batch on an in-memory id array) trained on the same text split
@@ -17,6 +17,8 @@ r"""Runs every benchmark and writes bench/results/RESULTS.md and a plot.
 """
 
 import datetime
+from html import escape
+import math
 import os
 import platform
 import subprocess
@@ -110,25 +112,70 @@ def tutorial_curve(values, seconds):
 
 
 def plot_curve(curve, recipe, baseline=None):
-  """Writes bench/results/validation_loss.png (loss vs wall time and tokens)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-  runs = [("ours: " + recipe, curve)] + ([("tutorial recipe", baseline)] if baseline else [])
-  for label, points in runs:
-    a.plot([c[0] / 60 for c in points], [c[2] for c in points], marker="o", label=label)
-    b.plot([max(c[1], 1) for c in points], [c[2] for c in points], marker="o", label=label)
-  a.set_xlabel("wall time (minutes)")
-  b.set_xlabel("target tokens seen")
-  b.set_xscale("log")
-  for ax in (a, b):
-    ax.set_ylabel("validation loss (nats/token)")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-  fig.suptitle(f"{recipe}: validation loss ({os.cpu_count()} CPUs)")
-  fig.tight_layout()
-  fig.savefig(os.path.join(RESULTS, "validation_loss.png"), dpi=100)
+  """Writes bench/results/validation_loss.svg: validation loss against wall
+  time and (log scale) against target tokens seen, ours and the tutorial's.
+
+  Plain SVG written here rather than with matplotlib: Keras imports
+  matplotlib whenever it is installed, which would add ~28 MB to every
+  TensorFlow process the benches measure (the jobs' image has none).
+  """
+  runs = [("ours: " + recipe, curve, "#1f77b4")]
+  if baseline:
+    runs.append(("tutorial recipe", baseline, "#ff7f0e"))
+  losses = [c[2] for _, points, _ in runs for c in points]
+  low, high = min(losses), max(losses)
+  pad = 0.05 * (high - low or 1.0)
+  low, high = low - pad, high + pad
+  width, height, left, top, plot_w, plot_h = 1100, 420, 70, 50, 420, 300
+  out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+         f'font-family="sans-serif" font-size="12">',
+         f'<rect width="{width}" height="{height}" fill="white"/>',
+         f'<text x="{width / 2}" y="22" text-anchor="middle" font-size="15">'
+         f'{escape(recipe)}: validation loss ({os.cpu_count()} CPUs)</text>']
+
+  def panel(x0, label, value, log):
+    """One panel at x offset x0; value(point) is its x; log: log10 x axis."""
+    xs = [value(c) for _, points, _ in runs for c in points]
+    to_axis = (lambda v: math.log10(max(v, 1))) if log else (lambda v: v)
+    lo, hi = to_axis(min(xs)), to_axis(max(xs))
+    hi = hi if hi > lo else lo + 1
+    px = lambda v: x0 + (to_axis(v) - lo) / (hi - lo) * plot_w
+    py = lambda loss: top + (high - loss) / (high - low) * plot_h
+    out.append(f'<rect x="{x0}" y="{top}" width="{plot_w}" height="{plot_h}" '
+               f'fill="none" stroke="black"/>')
+    for i in range(6):  # loss ticks and grid
+      loss = low + i * (high - low) / 5
+      out.append(f'<line x1="{x0}" x2="{x0 + plot_w}" y1="{py(loss):.1f}" y2="{py(loss):.1f}" '
+                 f'stroke="#ddd"/><text x="{x0 - 6}" y="{py(loss) + 4:.1f}" '
+                 f'text-anchor="end">{loss:.2f}</text>')
+    ticks = ([10 ** e for e in range(math.floor(lo), math.ceil(hi) + 1)
+              if lo <= e <= hi] if log else [lo + i * (hi - lo) / 5 for i in range(6)])
+    for tick in ticks:
+      text = f"1e{round(math.log10(tick))}" if log else f"{tick:.1f}"
+      out.append(f'<line x1="{px(tick):.1f}" x2="{px(tick):.1f}" y1="{top}" '
+                 f'y2="{top + plot_h}" stroke="#ddd"/><text x="{px(tick):.1f}" '
+                 f'y="{top + plot_h + 16}" text-anchor="middle">{text}</text>')
+    out.append(f'<text x="{x0 + plot_w / 2}" y="{top + plot_h + 36}" '
+               f'text-anchor="middle">{label}</text>')
+    out.append(f'<text x="{x0 - 50}" y="{top + plot_h / 2}" text-anchor="middle" '
+               f'transform="rotate(-90 {x0 - 50} {top + plot_h / 2})">'
+               f'validation loss (nats/token)</text>')
+    for n, (name, points, color) in enumerate(runs):
+      coords = [(px(value(c)), py(c[2])) for c in points]
+      out.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="'
+                 + " ".join(f"{x:.1f},{y:.1f}" for x, y in coords) + '"/>')
+      out.extend(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"/>'
+                 for x, y in coords)
+      out.append(f'<text x="{x0 + plot_w - 10}" y="{top + 18 + 16 * n}" text-anchor="end" '
+                 f'fill="{color}">{escape(name)}</text>')
+
+  panel(left, "wall time (minutes)", lambda c: c[0] / 60, log=False)
+  panel(left + plot_w + 130, "target tokens seen", lambda c: c[1], log=True)
+  out.append("</svg>")
+  path = os.path.join(RESULTS, "validation_loss.svg")
+  with open(path + ".tmp", "w") as f:
+    f.write("\n".join(out) + "\n")
+  os.replace(path + ".tmp", path)
 
 
 def quality_run(recipe):
@@ -156,7 +203,7 @@ def quality_run(recipe):
           f"text, same wall time): {baseline[-1][2]:.3f} after {baseline[-1][1]:,} "
           f"targets; ours is {baseline[-1][2] - curve[-1][2]:.3f} nats/token lower and "
           f"saw {curve[-1][1] / max(baseline[-1][1], 1):,.0f}x the targets."
-          f"\n\n![validation loss](validation_loss.png)")
+          f"\n\n![validation loss](validation_loss.svg)")
 
 
 def main(_):
