@@ -237,13 +237,8 @@ def main(_):
               f"{result['decode']:,.0f} tokens/s" +
               (f", prefill {result['prefill']:,.0f} tokens/s" if "prefill" in result else "") +
               f", peak RSS {result['peak_rss_mb']:,.0f} MB", flush=True)
-  # Anonymous memory in one more, untimed run of each (machine.run_worker).
-  anon = {}
-  for batch in batches:
-    for impl in impls:
-      anon[impl, batch] = run_worker(impl, batch, anonymous_memory=True)["peak_anon_mb"]
-      print(f"memory run batch {batch} {impl}: peak anonymous {anon[impl, batch]:,.0f} MB",
-            flush=True)
+  anon = machine.anonymous_peaks(
+      lambda impl, batch: run_worker(impl, batch, anonymous_memory=True), impls, batches)
   print(f"\n{machine.describe()} (after)")
   print(f"\nmodel: {LAYERS}x LSTM {UNITS}, embedding {EMBEDDING}, window {WINDOW}; "
         f"ours samples (temperature 1), the others are greedy; "
@@ -252,6 +247,7 @@ def main(_):
   others = [i for i in impls if i != "ours" and not i.endswith("_bf16")]
   pairs = [("ours", i) for i in others] + [
       (a, b) for a, b in BFLOAT16_RATIOS if a in impls and b in impls]
+  rss = {(i, b): max(r["peak_rss_mb"] for r in results[i, b]) for i in impls for b in batches}
   print("| batch | " + " | ".join(f"{i} decode tokens/s" for i in impls) +
         " | ours prefill tokens/s | prefill / decode | " +
         " | ".join(f"{a} / {b}" for a, b in pairs) + " | " +
@@ -263,25 +259,11 @@ def main(_):
     print(f"| {batch} | " + " | ".join(f"{decode[i]:,.0f}" for i in impls) +
           f" | {prefill:,.0f} | {prefill / decode.get('ours', float('nan')):.1f}x | " +
           " | ".join(f"{decode[a] / decode[b]:.2f}x" for a, b in pairs) + " | " +
-          " | ".join(f"{max(r['peak_rss_mb'] for r in results[i, batch]):,.0f} MB "
+          " | ".join(f"{rss[i, batch]:,.0f} MB "
                      f"({min(r['start_rss_mb'] for r in results[i, batch]):,.0f})"
                      for i in impls) + " |")
-  # Peak memory: RSS (the largest of the rounds) and anonymous memory
-  # without the touched pages of shared libraries (the memory run).
-  peak = lambda i, b, key: (anon[i, b] if key == "peak_anon_mb"
-                            else max(r[key] for r in results[i, b]))
-  mem_pairs = [(a, b) for a, b in (("ours", "torch"), ("ours", "keras"),
-                                   ("ours_bf16", "torch_bf16")) if a in impls and b in impls]
-  print("\n| batch | " + " | ".join(f"{i} peak RSS / anonymous" for i in impls) + " | " +
-        " | ".join(f"{a} / {b} RSS | {a} / {b} anonymous" for a, b in mem_pairs) + " |")
-  print("|---:|" + "---:|" * (len(impls) + 2 * len(mem_pairs)))
-  for batch in batches:
-    print(f"| {batch} | " + " | ".join(
-        f"{peak(i, batch, 'peak_rss_mb'):,.0f} / {peak(i, batch, 'peak_anon_mb'):,.0f} MB"
-        for i in impls) + " | " + " | ".join(
-            f"{peak(a, batch, 'peak_rss_mb') / peak(b, batch, 'peak_rss_mb'):.2f}x | "
-            f"{peak(a, batch, 'peak_anon_mb') / peak(b, batch, 'peak_anon_mb'):.2f}x"
-            for a, b in mem_pairs) + " |")
+  machine.print_memory_table(impls, batches, rss, anon, (
+      ("ours", "torch"), ("ours", "keras"), ("ours_bf16", "torch_bf16")))
   if "ours" in impls:
     print("\nours prefill tokens/s with one prompt in every row (the samples of one "
           "prompt share its prefill): " + ", ".join(

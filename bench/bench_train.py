@@ -224,7 +224,7 @@ def main(_):
     print("TensorFlow float32 matmul peak (best of 5): " +
           ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
     results = {(impl, b): [] for impl in _IMPLS.value for b in batches}
-    rss, anon = {}, {}
+    rss = {}
     for round_index in range(_ROUNDS.value):
       for batch in batches:
         for impl in _IMPLS.value:
@@ -234,13 +234,9 @@ def main(_):
           rss[impl, batch] = max(rss.get((impl, batch), 0), peak)
           print(f"round {round_index + 1} batch {batch} {impl}: {tokens:,.0f} tokens/s, "
                 f"peak RSS {peak:,.0f} MB", flush=True)
-    # Anonymous memory in one more, untimed run of each (machine.run_worker).
-    for batch in batches:
-      for impl in _IMPLS.value:
-        anon[impl, batch] = run_worker(impl, batch, data_dir,
-                                       anonymous_memory=True)["peak_anon_mb"]
-        print(f"memory run batch {batch} {impl}: peak anonymous "
-              f"{anon[impl, batch]:,.0f} MB", flush=True)
+    anon = machine.anonymous_peaks(
+        lambda impl, batch: run_worker(impl, batch, data_dir, anonymous_memory=True),
+        _IMPLS.value, batches)
     print(f"\n{machine.describe()} (after)")
     flops = flops_per_token(vocab)
     print(f"\nmodel: 2x LSTM {UNITS}, embedding {EMBEDDING}, vocab {vocab}, window "
@@ -258,18 +254,8 @@ def main(_):
             " | ".join(f"{med[a] / med[b]:.2f}x" for a, b in pairs) + " | " +
             " | ".join(f"{rss[i, batch]:,.0f} MB" for i in impls) + " | " +
             (f"{med['ours'] * flops / 1e9:.0f} |" if "ours" in med else "- |"))
-    # Peak memory: RSS (the largest of the rounds) and anonymous memory
-    # without the touched pages of shared libraries (the memory run).
-    mem_pairs = [(a, b) for a, b in (("ours", "torch"), ("ours_bf16", "torch_bf16"))
-                 if a in impls and b in impls]
-    print("\n| batch | " + " | ".join(f"{i} peak RSS / anonymous" for i in impls) + " | " +
-          " | ".join(f"{a} / {b} RSS | {a} / {b} anonymous" for a, b in mem_pairs) + " |")
-    print("|---:|" + "---:|" * (len(impls) + 2 * len(mem_pairs)))
-    for batch in batches:
-      print(f"| {batch} | " + " | ".join(
-          f"{rss[i, batch]:,.0f} / {anon[i, batch]:,.0f} MB" for i in impls) + " | " + " | ".join(
-          f"{rss[a, batch] / rss[b, batch]:.2f}x | {anon[a, batch] / anon[b, batch]:.2f}x"
-          for a, b in mem_pairs) + " |")
+    machine.print_memory_table(impls, batches, rss, anon,
+                               (("ours", "torch"), ("ours_bf16", "torch_bf16")))
     print("\nevery round (tokens/s): " + "; ".join(
         f"{i}@{b}: " + ", ".join(f"{v:,.0f}" for v in results[i, b])
         for b in batches for i in impls))

@@ -174,3 +174,31 @@ def run_worker(script: str, *args: str, anonymous_memory: bool = False) -> dict:
     raise RuntimeError(f"{script} {' '.join(args)} failed:\n{output['stderr'][-3000:]}")
   result = json.loads(output["stdout"].strip().splitlines()[-1])
   return dict(result, peak_anon_mb=peak_anon) if anonymous_memory else result
+
+
+def anonymous_peaks(run, impls, batches) -> Dict[Tuple[str, int], float]:
+  """Peak anonymous memory (MB) of each (impl, batch) from one more, untimed
+  run of each: run(impl, batch) must call run_worker with
+  anonymous_memory=True (sampling slows a run; see run_worker)."""
+  peaks = {}
+  for batch in batches:
+    for impl in impls:
+      peaks[impl, batch] = run(impl, batch)["peak_anon_mb"]
+      print(f"memory run batch {batch} {impl}: peak anonymous {peaks[impl, batch]:,.0f} MB",
+            flush=True)
+  return peaks
+
+
+def print_memory_table(impls, batches, rss, anon, pairs) -> None:
+  """A markdown table of peak RSS / peak anonymous memory per batch size
+  ({(impl, batch): MB} each), with both ratios for each (a, b) of `pairs`
+  whose two are measured."""
+  pairs = [(a, b) for a, b in pairs if a in impls and b in impls]
+  print("\n| batch | " + " | ".join(f"{i} peak RSS / anonymous" for i in impls) + " | " +
+        " | ".join(f"{a} / {b} RSS | {a} / {b} anonymous" for a, b in pairs) + " |")
+  print("|---:|" + "---:|" * (len(impls) + 2 * len(pairs)))
+  for batch in batches:
+    print(f"| {batch} | " + " | ".join(
+        f"{rss[i, batch]:,.0f} / {anon[i, batch]:,.0f} MB" for i in impls) + " | " + " | ".join(
+            f"{rss[a, batch] / rss[b, batch]:.2f}x | {anon[a, batch] / anon[b, batch]:.2f}x"
+            for a, b in pairs) + " |")
