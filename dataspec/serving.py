@@ -38,7 +38,7 @@ line end) when it has one, else the first token is context only.
 import functools
 import json
 import math
-from typing import Dict, Optional, Sequence
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -51,6 +51,9 @@ SAVED_MODEL_DIR = "saved_model"
 PRECISIONS = ("float32", "bfloat16")
 SCORE_CHUNK = 256  # tokens per step of the score signature's loop
 PREFILL_CHUNK = 32  # prompt tokens per step of generation's prefill loop
+NOISE_BLOCK = 32  # decode positions whose sampling noise is hashed at once
+_NOISE_BLOCK_VALUES = 1 << 20  # at most this many noise values at once (4 MB)
+_NOISE_LANES = 16  # see gumbel_noise
 _LN2 = math.log(2.0)
 
 
@@ -65,9 +68,9 @@ def _mix32(x):
   return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, _u32(16)))
 
 
-def token_salts(vocab_size):
-  """(1, vocab) uint32: each token id's term of the noise hash."""
-  return tf.cast(tf.range(vocab_size), tf.uint32)[None, :] * _u32(0xC2B2AE3D)
+def _noise_lanes(vocab_size):
+  """The vocab rounded up to a multiple of _NOISE_LANES (see gumbel_noise)."""
+  return -(-vocab_size // _NOISE_LANES) * _NOISE_LANES
 
 
 def uniform_from_bits(x):
@@ -79,13 +82,30 @@ def uniform_from_bits(x):
   return (tf.cast(tf.bitwise.right_shift(x, _u32(9)), tf.float32) + 0.5) * (1.0 / (1 << 23))
 
 
-def gumbel_noise(row_seeds, position, salts):
-  """(batch, vocab) float32 Gumbel(0, 1) noise, a pure function of each row's
-  seed, the position and the token id (a murmur3-mixed hash)."""
-  rows = tf.cast(row_seeds, tf.uint32)[:, None]  # (batch, 1); seeds are 31-bit
-  pos = tf.cast(position, tf.uint32)
-  x = _mix32(_mix32(rows * _u32(0x9E3779B1) + pos * _u32(0x85EBCA77)) + salts)
-  return -tf.math.log(-tf.math.log(uniform_from_bits(x)))
+def gumbel_noise(row_seeds, positions, vocab_size):
+  """(positions, batch, vocab) float32 Gumbel(0, 1) noise, a pure function of
+  each row's seed, the position and the token id (a murmur3-mixed hash).
+
+  Bit for bit, whatever the batch or the number of positions: TensorFlow's
+  log runs SIMD lanes over a tensor's elements and a scalar loop over the
+  last few (elements past the last whole lane group), and the two round
+  differently in the last bit. Each row is therefore hashed over the vocab
+  rounded up to a multiple of 16 lanes (AVX-512's float32 width), so every
+  element takes the SIMD path, and cut to the vocab after. (Unpadded, with
+  the 68 ids of a char model, 306 of 88,400 values of rows taken alone
+  differed from the same rows inside a batch of 299.)
+
+  Args:
+    row_seeds: (batch,) int64, 31-bit (row_seeds()).
+    positions: (positions,) int32, decode positions.
+    vocab_size: Python int.
+  """
+  rows = tf.cast(row_seeds, tf.uint32)[None, :, None] * _u32(0x9E3779B1)  # (1, batch, 1)
+  pos = tf.cast(positions, tf.uint32)[:, None, None] * _u32(0x85EBCA77)  # (positions, 1, 1)
+  salts = tf.constant(np.arange(_noise_lanes(vocab_size), dtype=np.uint32)
+                      * np.uint32(0xC2B2AE3D))  # (lanes,), modulo 2^32
+  x = _mix32(_mix32(rows + pos) + salts)  # (positions, batch, lanes)
+  return -tf.math.log(-tf.math.log(uniform_from_bits(x)))[:, :, :vocab_size]
 
 
 def row_seeds(seed, prompt_index, sample_index):
@@ -133,7 +153,22 @@ def _cell(z, c):
 
 def _dot(x, kernel):
   """x (..., in) @ kernel (in, out)."""
+  if x.shape.rank == 2:  # tensordot wraps the same product in ~10 shape ops
+    return tf.matmul(x, kernel)
   return tf.tensordot(x, kernel, 1)
+
+
+class _Weights(NamedTuple):
+  """The weights as tensors, read from the variables once per function call:
+  read inside a loop, each step ran a ReadVariableOp per weight (8 of the
+  ~70 ops of a decode step). Kernels are in the products' dtype."""
+  embedding: tf.Tensor
+  kernels: Tuple[tf.Tensor, ...]
+  recurrent_kernels: Tuple[tf.Tensor, ...]
+  biases: Tuple[tf.Tensor, ...]
+  projection: Optional[Tuple[tf.Tensor, tf.Tensor]]  # (kernel, bias)
+  output_kernel: tf.Tensor
+  output_bias: tf.Tensor
 
 
 def _product(op, x, kernel):
@@ -214,28 +249,40 @@ class LanguageModel(tf.Module):
 
   # ---- the network ---------------------------------------------------------
 
-  def _logits(self, x):
-    """Top LSTM output (..., units) -> logits (..., vocab)."""
-    if self.projection:
-      x = _product(_dot, x, self._projection_kernel) + self.projection[1]
-    return _product(_dot, x, self._output_kernel) + self.output_bias
+  def _read_weights(self):
+    """The weights as tensors (see _Weights); call once per traced function."""
+    read = tf.convert_to_tensor
+    return _Weights(
+        embedding=read(self.embedding),
+        kernels=tuple(read(k) for k in self._kernels),
+        recurrent_kernels=tuple(read(k) for k in self._recurrent_kernels),
+        biases=tuple(read(b) for b in self.lstm_biases),
+        projection=((read(self._projection_kernel), read(self.projection[1]))
+                    if self.projection else None),
+        output_kernel=read(self._output_kernel), output_bias=read(self.output_bias))
 
-  def _step(self, tokens, h, c):
+  def _logits(self, x, w):
+    """Top LSTM output (..., units) -> logits (..., vocab); w: _Weights."""
+    if w.projection:
+      x = _product(_dot, x, w.projection[0]) + w.projection[1]
+    return _product(_dot, x, w.output_kernel) + w.output_bias
+
+  def _step(self, tokens, h, c, w):
     """One position for the batch: tokens (batch,) -> logits (batch, vocab),
-    states h, c (tuples of (batch, units), one per layer)."""
-    x = tf.gather(self.embedding, tokens)  # (batch, embedding)
+    states h, c (tuples of (batch, units), one per layer); w: _Weights."""
+    x = tf.gather(w.embedding, tokens)  # (batch, embedding)
     hs, cs = [], []
     for layer in range(self._spec.num_layers):
-      x, c_new = _cell(_product(tf.matmul, x, self._kernels[layer])
-                       + _product(tf.matmul, h[layer], self._recurrent_kernels[layer])
-                       + self.lstm_biases[layer], c[layer])
+      x, c_new = _cell(_product(tf.matmul, x, w.kernels[layer])
+                       + _product(tf.matmul, h[layer], w.recurrent_kernels[layer])
+                       + w.biases[layer], c[layer])
       hs.append(x)
       cs.append(c_new)
-    return self._logits(x), tuple(hs), tuple(cs)
+    return self._logits(x, w), tuple(hs), tuple(cs)
 
-  def _sequence(self, ids, lengths, h, c, *, top_outputs=True):
+  def _sequence(self, ids, lengths, h, c, w, *, top_outputs=True):
     """Runs rows of ids (batch, time), each valid up to lengths[i], from
-    states h, c (layers, batch, units).
+    states h, c (layers, batch, units); w: _Weights.
 
     Returns:
       (top outputs (time, batch, units), h, c after each row's last id).
@@ -246,7 +293,7 @@ class LanguageModel(tf.Module):
     # Time-major from the start: transposing the ids costs nothing, where
     # transposing each layer's (batch, time, 4 units) input products and
     # outputs took 6% of a batch-256 prefill's op time.
-    x = tf.gather(self.embedding, tf.transpose(ids))  # (time, batch, embedding)
+    x = tf.gather(w.embedding, tf.transpose(ids))  # (time, batch, embedding)
     batch, time = tf.shape(ids)[0], tf.shape(ids)[1]
     # Up to the shortest row every row is active: no masks there (selecting
     # the state of finished rows took 7% of it).
@@ -256,9 +303,9 @@ class LanguageModel(tf.Module):
     for layer in range(self._spec.num_layers):
       in_dim = self._spec.embedding_dim if layer == 0 else units
       # The input half of every step in one matmul: (time * batch, 4 units).
-      xw = tf.reshape(_product(tf.matmul, tf.reshape(x, [-1, in_dim]), self._kernels[layer])
-                      + self.lstm_biases[layer], [time, batch, 4 * units])
-      recurrent = self._recurrent_kernels[layer]
+      xw = tf.reshape(_product(tf.matmul, tf.reshape(x, [-1, in_dim]), w.kernels[layer])
+                      + w.biases[layer], [time, batch, 4 * units])
+      recurrent = w.recurrent_kernels[layer]
       keep = layer + 1 < self._spec.num_layers or top_outputs
 
       def step(t, hl, cl, outputs, *, masked, xw=xw, recurrent=recurrent, keep=keep):
@@ -305,12 +352,12 @@ class LanguageModel(tf.Module):
 
   # ---- scoring --------------------------------------------------------------
 
-  def _score_chunk(self, prev_ids, token_ids, lengths, h, c):
+  def _score_chunk(self, prev_ids, token_ids, lengths, h, c, w):
     """Scores token_ids[i, :lengths[i]] given prev_ids[i] and states h, c."""
     inputs = tf.concat([prev_ids[:, None], token_ids[:, :-1]], axis=1)  # (batch, time)
-    outputs, h, c = self._sequence(inputs, lengths, h, c)  # (time, batch, units)
+    outputs, h, c = self._sequence(inputs, lengths, h, c, w)  # (time, batch, units)
     nll = tf.transpose(tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=tf.transpose(token_ids), logits=self._logits(outputs)))  # (batch, time)
+        labels=tf.transpose(token_ids), logits=self._logits(outputs, w)))  # (batch, time)
     valid = tf.range(tf.shape(token_ids)[1])[None, :] < lengths[:, None]
     nll = tf.reduce_sum(tf.where(valid, tf.cast(nll, tf.float64), 0.0), axis=1)
     unknown = tf.reduce_sum(tf.cast(valid & tf.equal(token_ids, tokenizer_lib.UNK_ID),
@@ -340,7 +387,8 @@ class LanguageModel(tf.Module):
       nll (batch,) float64 summed nats, unknown_tokens, h, c, last_ids (the
       prev_ids of the next chunk).
     """
-    nll, unknown, h, c, last_ids = self._score_chunk(prev_ids, token_ids, lengths, h, c)
+    nll, unknown, h, c, last_ids = self._score_chunk(prev_ids, token_ids, lengths, h, c,
+                                                     self._read_weights())
     return {"nll": nll, "unknown_tokens": unknown, "h": h, "c": c, "last_ids": last_ids}
 
   @tf.function(autograph=False,
@@ -359,11 +407,12 @@ class LanguageModel(tf.Module):
       dense = dense[:, 1:]
       lengths = tf.maximum(lengths - 1, 0)
     h, c = self._zero_state(batch)
+    w = self._read_weights()
 
     def chunk_step(start, h, c, prev, total, unknown):
       chunk = dense[:, start:start + SCORE_CHUNK]
       chunk_lengths = tf.clip_by_value(lengths - start, 0, SCORE_CHUNK)
-      nll, unk, h, c, prev = self._score_chunk(prev, chunk, chunk_lengths, h, c)
+      nll, unk, h, c, prev = self._score_chunk(prev, chunk, chunk_lengths, h, c, w)
       return start + SCORE_CHUNK, h, c, prev, total + nll, unknown + unk
 
     _, _, _, _, total, unknown = tf.while_loop(
@@ -401,17 +450,17 @@ class LanguageModel(tf.Module):
 
     return tf.cond(top_p < 1.0, nucleus, lambda: scaled)
 
-  def _prefill(self, ids, lengths):
+  def _prefill(self, ids, lengths, w):
     """Runs the prompts ids (batch, time), row i valid up to lengths[i] >= 1,
     PREFILL_CHUNK positions at a time (so memory does not grow with the
-    prompt).
+    prompt); w: _Weights.
 
     Returns:
       (logits after each row's last id (batch, vocab), h, c).
     """
     def chunk_step(start, h, c):
       chunk_lengths = tf.clip_by_value(lengths - start, 0, PREFILL_CHUNK)
-      _, h, c = self._sequence(ids[:, start:start + PREFILL_CHUNK], chunk_lengths, h, c,
+      _, h, c = self._sequence(ids[:, start:start + PREFILL_CHUNK], chunk_lengths, h, c, w,
                                top_outputs=False)
       return start + PREFILL_CHUNK, h, c
 
@@ -424,16 +473,23 @@ class LanguageModel(tf.Module):
     _, h, c = tf.while_loop(lambda start, *_: start < tf.shape(ids)[1], chunk_step,
                             (tf.constant(0), h, c), parallel_iterations=1)
     # A row's state stops at its last id: the top layer's h is its output there.
-    return self._logits(h[-1]), h, c
+    return self._logits(h[-1], w), h, c
 
-  def _decode(self, logits, h, c, *, choose, max_new_tokens, stop_on_eos,
+  def _decode(self, logits, h, c, w, *, choose, max_new_tokens, stop_on_eos, seeds=None,
               stop_strings=None, keep_bytes=None, line_start=None):
     """Picks up to max_new_tokens tokens per row, one LSTM step each.
 
     Args:
       logits: (batch, vocab) after the prompt; h, c: tuples of layer states.
-      choose: (logits, position) -> (batch,) token ids.
+      w: _Weights.
+      choose: (logits, noise) -> (batch,) token ids; noise is the position's
+        (batch, vocab) Gumbel noise, None without seeds.
+      max_new_tokens: scalar int32.
       stop_on_eos: scalar bool.
+      seeds: None (no sampling) or the rows' seeds (row_seeds()): the noise
+        of up to NOISE_BLOCK positions is then hashed at once, in a loop
+        around the steps' loop (hashed per step, its ~25 small ops made
+        batch-1 decoding 1.23x slower; the same at batch 256).
       stop_strings, keep_bytes: the stop strings (None: there are none; this
         loop then carries no text) and how many bytes of each row's newest
         text can hold one.
@@ -444,9 +500,10 @@ class LanguageModel(tf.Module):
       ends[i] tokens (by a stop, by_eos if that was the end token).
     """
     batch = tf.shape(logits)[0]
+    going = lambda n, done: (n < max_new_tokens) & ~tf.reduce_all(done)
 
-    def body(n, out, h, c, logits, done, by_eos, ends, tail, line_start):
-      token = choose(logits, n)
+    def step(noise, n, out, h, c, logits, done, by_eos, ends, tail, line_start):
+      token = choose(logits, noise)
       out = out.write(n, token)
       hit = stop_on_eos & tf.equal(token, tokenizer_lib.EOS_ID)
       eos_hit = hit
@@ -460,8 +517,19 @@ class LanguageModel(tf.Module):
       ends = tf.where(hit, n + 1, ends)
       by_eos = tf.where(hit, eos_hit, by_eos)
       done = done | hit
-      logits, h, c = self._step(token, h, c)
+      logits, h, c = self._step(token, h, c, w)
       return n + 1, out, h, c, logits, done, by_eos, ends, tail, line_start
+
+    def noise_block(first, *state):
+      # (block, batch, vocab) noise for positions first.., at most
+      # _NOISE_BLOCK_VALUES values (a large vocab and batch: one position).
+      per_position = batch * _noise_lanes(self._spec.vocab_size)
+      size = tf.clip_by_value(_NOISE_BLOCK_VALUES // per_position, 1, NOISE_BLOCK)
+      end = tf.minimum(first + size, max_new_tokens)
+      noise = gumbel_noise(seeds, tf.range(first, end), self._spec.vocab_size)
+      return tf.while_loop(
+          lambda n, out, h, c, logits, done, *_: (n < end) & ~tf.reduce_all(done),
+          lambda n, *rest: step(tf.gather(noise, n - first), n, *rest), (first,) + state)
 
     false = tf.zeros([batch], tf.bool)
     text_state = ((tf.fill([batch], ""), line_start)
@@ -469,9 +537,9 @@ class LanguageModel(tf.Module):
     state = (tf.constant(0), tf.TensorArray(tf.int32, size=0, dynamic_size=True,
                                             element_shape=tf.TensorShape([None])),
              h, c, logits, false, false, tf.fill([batch], max_new_tokens)) + text_state
+    body = (functools.partial(step, None) if seeds is None else noise_block)
     n, out, _, _, _, done, by_eos, ends, _, _ = tf.while_loop(
-        lambda n, out, h, c, logits, done, *_: (n < max_new_tokens) & ~tf.reduce_all(done),
-        body, state)
+        lambda n, out, h, c, logits, done, *_: going(n, done), body, state)
     tokens = tf.cond(n > 0, lambda: tf.transpose(tf.reshape(out.stack(), [n, batch])),
                      lambda: tf.zeros([batch, 0], tf.int32))  # (batch, n)
     return tokens, n, done, by_eos, ends
@@ -490,7 +558,8 @@ class LanguageModel(tf.Module):
     distinct_tokens = tf.cast(ids.row_lengths(), tf.int32)
     lengths = tf.maximum(distinct_tokens, 1)
     dense = _at_least_one_column(ids.to_tensor(default_value=start), start)
-    logits, h, c = self._prefill(dense, lengths)
+    w = self._read_weights()
+    logits, h, c = self._prefill(dense, lengths, w)
     # Subwords: the continuation keeps its leading space unless the prompt
     # ended a line, so prompt + text reads as the model wrote it.
     line_start = tf.equal(tf.gather(dense, lengths - 1, batch_dims=1), start)
@@ -502,7 +571,6 @@ class LanguageModel(tf.Module):
     layers = self._spec.num_layers
     h, c = tuple(tf.unstack(h, num=layers)), tuple(tf.unstack(c, num=layers))
     seeds = row_seeds(seed, prompt_index, sample_index)
-    salts = token_salts(self._spec.vocab_size)
 
     stop_on_eos = tf.reduce_any(tf.equal(stop, "<eos>"))
     stop_strings = tf.boolean_mask(stop, tf.not_equal(stop, "<eos>") & tf.not_equal(stop, ""))
@@ -515,25 +583,24 @@ class LanguageModel(tf.Module):
     def greedy_choice(logits, _):
       return tf.argmax(logits, axis=-1, output_type=tf.int32)
 
-    def sampled(logits, n):
-      return tf.argmax(logits / temperature + gumbel_noise(seeds, n, salts), axis=-1,
-                       output_type=tf.int32)
+    def sampled(logits, noise):
+      return tf.argmax(logits / temperature + noise, axis=-1, output_type=tf.int32)
 
-    def general(logits, n):
-      return tf.cond(greedy, lambda: greedy_choice(logits, n), lambda: tf.argmax(
-          self._filter(logits / temperature, top_k, top_p)
-          + gumbel_noise(seeds, n, salts), axis=-1, output_type=tf.int32))
+    def general(logits, noise):
+      return tf.cond(greedy, lambda: greedy_choice(logits, noise), lambda: tf.argmax(
+          self._filter(logits / temperature, top_k, top_p) + noise, axis=-1,
+          output_type=tf.int32))
 
     # The common cases get loops without branches in them: a tf.cond inside
     # the loop cost more than the sampling itself (see bench_generate.py).
     loop = lambda choose, **kw: lambda: self._decode(
-        logits, h, c, choose=choose, max_new_tokens=max_new_tokens,
+        logits, h, c, w, choose=choose, max_new_tokens=max_new_tokens,
         stop_on_eos=stop_on_eos, **kw)
     unfiltered = greedy | ((top_k <= 0) & (top_p >= 1.0))
     mode = tf.where(has_strings, 3, tf.where(unfiltered, tf.where(greedy, 0, 1), 2))
     tokens, n, done, by_eos, ends = tf.switch_case(mode, [
-        loop(greedy_choice), loop(sampled), loop(general),
-        loop(general, stop_strings=stop_strings, keep_bytes=keep_bytes,
+        loop(greedy_choice), loop(sampled, seeds=seeds), loop(general, seeds=seeds),
+        loop(general, seeds=seeds, stop_strings=stop_strings, keep_bytes=keep_bytes,
              line_start=line_start)])
     text_lengths = ends - tf.cast(by_eos, tf.int32)
     text = self.tokenizer.decode(tf.RaggedTensor.from_tensor(tokens, lengths=text_lengths),

@@ -268,6 +268,52 @@ def test_generate_signature_edges(tiny_run):
   assert none["text"].numpy().tolist() == [b""] and none["num_tokens"].numpy()[0] == 0
 
 
+@pytest.mark.parametrize("top_k", [0, 5])
+def test_sampled_decoding_draws_noise_in_blocks_like_one_step_at_a_time(
+    tiny_run, monkeypatch, top_k):
+  """Decoding hashes the noise of NOISE_BLOCK positions at once (of fewer
+  when the batch and vocab are large): tokens across block edges and a last
+  partial block are those of a step-by-step loop by hand, whatever the block
+  size; plain sampling and top-k alike."""
+  import tensorflow as tf
+  from dataspec import serving
+  spec, weights, meta, vocab, _ = export_lib.load_export(str(tiny_run[0] / "export"))
+  prompts = ["ROMEO:", "A", "What say you"]
+  new_tokens = 2 * serving.NOISE_BLOCK + 5
+  settings = dict(max_new_tokens=tf.constant(new_tokens), temperature=tf.constant(0.9),
+                  top_k=tf.constant(top_k), top_p=tf.constant(1.0),
+                  greedy=tf.constant(False), seed=tf.constant(4, tf.int64),
+                  stop=tf.constant([], tf.string))
+  index, zeros = tf.range(3, dtype=tf.int64), tf.zeros([3], tf.int64)
+
+  def generated():
+    lm = serving.LanguageModel(spec, weights, meta.tokenizer_spec, vocab)
+    return lm, lm.generate_samples(tf.constant(prompts), index, zeros,
+                                   **settings)["token_ids"].numpy()
+
+  lm, tokens = generated()
+  assert tokens.shape == (3, new_tokens)
+  # Blocks of 3 positions: a noise budget of 3 positions of this batch.
+  lanes = -(-spec.vocab_size // 16) * 16
+  monkeypatch.setattr(serving, "_NOISE_BLOCK_VALUES", 3 * 3 * lanes)
+  np.testing.assert_array_equal(generated()[1], tokens)
+  ids = lm.tokenizer.encode(tf.constant(prompts))
+  w = lm._read_weights()  # pylint: disable=protected-access
+  logits, h, c = lm._prefill(ids.to_tensor(), tf.cast(ids.row_lengths(), tf.int32), w)  # pylint: disable=protected-access
+  h, c = tuple(tf.unstack(h)), tuple(tf.unstack(c))
+  seeds = serving.row_seeds(tf.constant(4, tf.int64), index, zeros)
+  hand = []
+  for n in range(new_tokens):
+    scaled = logits / 0.9
+    if top_k:
+      scaled = lm._filter(scaled, tf.constant(top_k), tf.constant(1.0))  # pylint: disable=protected-access
+    token = tf.argmax(scaled + serving.gumbel_noise(seeds, [n], spec.vocab_size)[0], axis=-1,
+                      output_type=tf.int32)
+    hand.append(token.numpy())
+    logits, h, c = lm._step(token, h, c, w)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(np.stack(hand, axis=1), tokens)
+
+
 def test_prefill_runs_one_chunk_at_a_time(tiny_run):
   """The prefill's loop over chunks keeps one chunk in flight (the bottom
   layer running chunks ahead of the top one held each chunk's products: a
@@ -281,7 +327,8 @@ def test_prefill_runs_one_chunk_at_a_time(tiny_run):
   ids = lm.tokenizer.encode(tf.constant([text[:-7], text])).to_tensor()
   assert ids.shape[1] > 2 * serving.PREFILL_CHUNK
   lengths = tf.constant([ids.shape[1] - 7, ids.shape[1]])
-  prefill = tf.function(lambda: lm._prefill(ids, lengths))  # pylint: disable=protected-access
+  w = lm._read_weights()  # pylint: disable=protected-access
+  prefill = tf.function(lambda: lm._prefill(ids, lengths, lm._read_weights()))  # pylint: disable=protected-access
   graph = prefill.get_concrete_function().graph
   loops = [op for op in graph.get_operations() if op.type in ("While", "StatelessWhile")]
   assert len(loops) == 1, [op.name for op in loops]  # the chunk loop; the layers' are inside
@@ -291,12 +338,12 @@ def test_prefill_runs_one_chunk_at_a_time(tiny_run):
   for start in range(0, ids.shape[1], serving.PREFILL_CHUNK):
     _, h_hand, c_hand = lm._sequence(  # pylint: disable=protected-access
         ids[:, start:start + serving.PREFILL_CHUNK],
-        tf.clip_by_value(lengths - start, 0, serving.PREFILL_CHUNK), h_hand, c_hand,
+        tf.clip_by_value(lengths - start, 0, serving.PREFILL_CHUNK), h_hand, c_hand, w,
         top_outputs=False)
   np.testing.assert_array_equal(h.numpy(), h_hand.numpy())
   np.testing.assert_array_equal(c.numpy(), c_hand.numpy())
   np.testing.assert_array_equal(logits.numpy(),
-                                lm._logits(h_hand[-1]).numpy())  # pylint: disable=protected-access
+                                lm._logits(h_hand[-1], w).numpy())  # pylint: disable=protected-access
 
 
 def test_old_export_without_saved_model_is_refused_by_eval(tiny_run, tmp_path):

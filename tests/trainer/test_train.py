@@ -39,8 +39,9 @@ def test_two_replicas_loss_goes_down_checkpoint_and_export(tiny_run):
 def _serving_logits(lm, ids, lengths):
   """LanguageModel's logits at every position (batch, time, vocab)."""
   h, c = lm._zero_state(ids.shape[0])  # pylint: disable=protected-access
-  outputs, _, _ = lm._sequence(tf.constant(ids), tf.constant(lengths), h, c)  # pylint: disable=protected-access
-  return tf.transpose(lm._logits(outputs), [1, 0, 2]).numpy()  # pylint: disable=protected-access
+  w = lm._read_weights()  # pylint: disable=protected-access
+  outputs, _, _ = lm._sequence(tf.constant(ids), tf.constant(lengths), h, c, w)  # pylint: disable=protected-access
+  return tf.transpose(lm._logits(outputs, w), [1, 0, 2]).numpy()  # pylint: disable=protected-access
 
 
 def test_exported_model_matches_the_keras_model(tiny_run):
