@@ -52,7 +52,7 @@ PRECISIONS = ("float32", "bfloat16")
 SCORE_CHUNK = 256  # tokens per step of the score signature's loop
 PREFILL_CHUNK = 32  # prompt tokens per step of generation's prefill loop
 NOISE_BLOCK = 32  # decode positions whose sampling noise is hashed at once
-_NOISE_BLOCK_VALUES = 1 << 20  # at most this many noise values at once (4 MB)
+_NOISE_BLOCK_VALUES = 1 << 18  # at most this many noise values at once (1 MB)
 _NOISE_LANES = 16  # see gumbel_noise
 _LN2 = math.log(2.0)
 
@@ -500,25 +500,43 @@ class LanguageModel(tf.Module):
       ends[i] tokens (by a stop, by_eos if that was the end token).
     """
     batch = tf.shape(logits)[0]
-    going = lambda n, done: (n < max_new_tokens) & ~tf.reduce_all(done)
 
-    def step(noise, n, out, h, c, logits, done, by_eos, ends, tail, line_start):
+    def step(noise, n, out, h, c, logits, ends):
+      # Without stop strings a row's one stop is the end token: ends holds
+      # max_new_tokens + 1 until the row stops, then its token count (5
+      # ops a step fewer than the done / by_eos flags below).
       token = choose(logits, noise)
       out = out.write(n, token)
-      hit = stop_on_eos & tf.equal(token, tokenizer_lib.EOS_ID)
-      eos_hit = hit
-      if stop_strings is not None:
-        piece, line_start = self.tokenizer.piece(token, line_start)
-        tail = tf.strings.join([tail, piece])
-        cut = tf.maximum(tf.strings.length(tail) - keep_bytes, 0)
-        tail = tf.strings.substr(tail, cut, tf.fill(tf.shape(cut), keep_bytes))
-        hit = hit | _contains_any(tail, stop_strings)
-      hit = ~done & hit
+      ends = tf.minimum(ends, tf.where(tf.equal(token, stop_id), n + 1, unstopped))
+      logits, h, c = self._step(token, h, c, w)
+      return n + 1, out, h, c, logits, ends
+
+    def text_step(noise, n, out, h, c, logits, ends, done, by_eos, tail, line_start):
+      token = choose(logits, noise)
+      out = out.write(n, token)
+      eos_hit = stop_on_eos & tf.equal(token, tokenizer_lib.EOS_ID)
+      piece, line_start = self.tokenizer.piece(token, line_start)
+      tail = tf.strings.join([tail, piece])
+      cut = tf.maximum(tf.strings.length(tail) - keep_bytes, 0)
+      tail = tf.strings.substr(tail, cut, tf.fill(tf.shape(cut), keep_bytes))
+      hit = ~done & (eos_hit | _contains_any(tail, stop_strings))
       ends = tf.where(hit, n + 1, ends)
       by_eos = tf.where(hit, eos_hit, by_eos)
       done = done | hit
       logits, h, c = self._step(token, h, c, w)
-      return n + 1, out, h, c, logits, done, by_eos, ends, tail, line_start
+      return n + 1, out, h, c, logits, ends, done, by_eos, tail, line_start
+
+    if stop_strings is None:
+      stop_id = tf.where(stop_on_eos, tokenizer_lib.EOS_ID, -1)
+      unstopped = max_new_tokens + 1
+      extra = (tf.fill([batch], unstopped),)
+      going = lambda n, ends: tf.reduce_any(ends > n)
+    else:
+      step = text_step  # pylint: disable=function-redefined
+      false = tf.zeros([batch], tf.bool)
+      extra = (tf.fill([batch], max_new_tokens), false, false, tf.fill([batch], ""),
+               line_start)
+      going = lambda n, ends, done, *_: ~tf.reduce_all(done)
 
     def noise_block(first, *state):
       # (block, batch, vocab) noise for positions first.., at most
@@ -528,18 +546,21 @@ class LanguageModel(tf.Module):
       end = tf.minimum(first + size, max_new_tokens)
       noise = gumbel_noise(seeds, tf.range(first, end), self._spec.vocab_size)
       return tf.while_loop(
-          lambda n, out, h, c, logits, done, *_: (n < end) & ~tf.reduce_all(done),
+          lambda n, out, h, c, logits, *rest: (n < end) & going(n, *rest),
           lambda n, *rest: step(tf.gather(noise, n - first), n, *rest), (first,) + state)
 
-    false = tf.zeros([batch], tf.bool)
-    text_state = ((tf.fill([batch], ""), line_start)
-                  if stop_strings is not None else (tf.zeros([]), tf.zeros([])))
     state = (tf.constant(0), tf.TensorArray(tf.int32, size=0, dynamic_size=True,
                                             element_shape=tf.TensorShape([None])),
-             h, c, logits, false, false, tf.fill([batch], max_new_tokens)) + text_state
+             h, c, logits) + extra
     body = (functools.partial(step, None) if seeds is None else noise_block)
-    n, out, _, _, _, done, by_eos, ends, _, _ = tf.while_loop(
-        lambda n, out, h, c, logits, done, *_: going(n, done), body, state)
+    n, out, _, _, _, ends, *rest = tf.while_loop(
+        lambda n, out, h, c, logits, *rest: (n < max_new_tokens) & going(n, *rest),
+        body, state)
+    if stop_strings is None:
+      done = ends <= max_new_tokens
+      by_eos, ends = done, tf.minimum(ends, n)
+    else:
+      done, by_eos = rest[0], rest[1]
     tokens = tf.cond(n > 0, lambda: tf.transpose(tf.reshape(out.stack(), [n, batch])),
                      lambda: tf.zeros([batch, 0], tf.int32))  # (batch, n)
     return tokens, n, done, by_eos, ends

@@ -268,35 +268,41 @@ def test_generate_signature_edges(tiny_run):
   assert none["text"].numpy().tolist() == [b""] and none["num_tokens"].numpy()[0] == 0
 
 
-@pytest.mark.parametrize("top_k", [0, 5])
+@pytest.mark.parametrize("top_k,stop,eos_bias", [
+    (0, (), None), (5, (), None), (0, ("<eos>",), -2.0), (3, ("<eos>",), -0.5)])
 def test_sampled_decoding_draws_noise_in_blocks_like_one_step_at_a_time(
-    tiny_run, monkeypatch, top_k):
+    tiny_run, monkeypatch, top_k, stop, eos_bias):
   """Decoding hashes the noise of NOISE_BLOCK positions at once (of fewer
   when the batch and vocab are large): tokens across block edges and a last
   partial block are those of a step-by-step loop by hand, whatever the block
-  size; plain sampling and top-k alike."""
+  size; plain sampling and top-k alike. With stop=<eos> (the end token's
+  output bias raised to eos_bias below the largest), rows end after their
+  first end token, some before the last step and some not."""
   import tensorflow as tf
   from dataspec import serving
   spec, weights, meta, vocab, _ = export_lib.load_export(str(tiny_run[0] / "export"))
-  prompts = ["ROMEO:", "A", "What say you"]
+  if eos_bias is not None:
+    weights = dict(weights, **{"output/bias": weights["output/bias"].copy()})
+    weights["output/bias"][T.EOS_ID] = np.max(weights["output/bias"]) + eos_bias
+  prompts = ["ROMEO:", "A", "What say you", "KING", "Thou"]
   new_tokens = 2 * serving.NOISE_BLOCK + 5
   settings = dict(max_new_tokens=tf.constant(new_tokens), temperature=tf.constant(0.9),
                   top_k=tf.constant(top_k), top_p=tf.constant(1.0),
                   greedy=tf.constant(False), seed=tf.constant(4, tf.int64),
-                  stop=tf.constant([], tf.string))
-  index, zeros = tf.range(3, dtype=tf.int64), tf.zeros([3], tf.int64)
+                  stop=tf.constant(stop, tf.string))
+  index, zeros = tf.range(5, dtype=tf.int64), tf.zeros([5], tf.int64)
 
   def generated():
     lm = serving.LanguageModel(spec, weights, meta.tokenizer_spec, vocab)
-    return lm, lm.generate_samples(tf.constant(prompts), index, zeros,
-                                   **settings)["token_ids"].numpy()
+    out = lm.generate_samples(tf.constant(prompts), index, zeros, **settings)
+    return lm, {k: v.numpy() for k, v in out.items()}
 
-  lm, tokens = generated()
-  assert tokens.shape == (3, new_tokens)
+  lm, out = generated()
   # Blocks of 3 positions: a noise budget of 3 positions of this batch.
   lanes = -(-spec.vocab_size // 16) * 16
-  monkeypatch.setattr(serving, "_NOISE_BLOCK_VALUES", 3 * 3 * lanes)
-  np.testing.assert_array_equal(generated()[1], tokens)
+  monkeypatch.setattr(serving, "_NOISE_BLOCK_VALUES", 3 * 5 * lanes)
+  for key, value in generated()[1].items():
+    np.testing.assert_array_equal(value, out[key])
   ids = lm.tokenizer.encode(tf.constant(prompts))
   w = lm._read_weights()  # pylint: disable=protected-access
   logits, h, c = lm._prefill(ids.to_tensor(), tf.cast(ids.row_lengths(), tf.int32), w)  # pylint: disable=protected-access
@@ -311,7 +317,24 @@ def test_sampled_decoding_draws_noise_in_blocks_like_one_step_at_a_time(
                       output_type=tf.int32)
     hand.append(token.numpy())
     logits, h, c = lm._step(token, h, c, w)  # pylint: disable=protected-access
-  np.testing.assert_array_equal(np.stack(hand, axis=1), tokens)
+  hand = np.stack(hand, axis=1)  # (rows, new_tokens)
+  if not stop:
+    np.testing.assert_array_equal(out["token_ids"], hand)
+    assert (out["num_tokens"] == new_tokens).all()
+    assert set(out["finish_reason"]) == {b"length"}
+    return
+  eos = hand == T.EOS_ID
+  ends = np.where(eos.any(axis=1), eos.argmax(axis=1) + 1, new_tokens)
+  assert 0 < eos.any(axis=1).sum() < len(prompts), ends  # some rows stop, some not
+  np.testing.assert_array_equal(out["num_tokens"], ends)
+  np.testing.assert_array_equal(out["finish_reason"],
+                                np.where(eos.any(axis=1), b"stop", b"length"))
+  assert out["token_ids"].shape == (5, ends.max())
+  for row, end in enumerate(ends):
+    np.testing.assert_array_equal(out["token_ids"][row, :end], hand[row, :end])
+    assert (out["token_ids"][row, end:] == T.PAD_ID).all()
+    assert out["text"][row] == lm.detokenize(tf.ragged.constant(
+        [hand[row, :end - eos[row].any()].tolist()], dtype=tf.int32)).numpy()[0]
 
 
 def test_prefill_runs_one_chunk_at_a_time(tiny_run):
