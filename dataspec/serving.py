@@ -501,7 +501,7 @@ class LanguageModel(tf.Module):
     """
     batch = tf.shape(logits)[0]
 
-    def step(noise, n, out, h, c, logits, ends):
+    def eos_step(noise, n, out, h, c, logits, ends):
       # Without stop strings a row's one stop is the end token: ends holds
       # max_new_tokens + 1 until the row stops, then its token count (5
       # ops a step fewer than the done / by_eos flags below).
@@ -531,8 +531,9 @@ class LanguageModel(tf.Module):
       unstopped = max_new_tokens + 1
       extra = (tf.fill([batch], unstopped),)
       going = lambda n, ends: tf.reduce_any(ends > n)
+      step = eos_step
     else:
-      step = text_step  # pylint: disable=function-redefined
+      step = text_step
       false = tf.zeros([batch], tf.bool)
       extra = (tf.fill([batch], max_new_tokens), false, false, tf.fill([batch], ""),
                line_start)
