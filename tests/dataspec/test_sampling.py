@@ -39,7 +39,7 @@ def test_noise_is_gumbel_and_a_pure_function_of_seed_position_token():
   assert not np.array_equal(noise[5], noise[6])  # positions differ
 
 
-@pytest.mark.parametrize("vocab_size", [5, 68, 1000, 10_000])
+@pytest.mark.parametrize("vocab_size", [5, 68, 1001])
 def test_noise_is_the_same_bits_in_any_batch_and_block(vocab_size):
   """Whatever rows and positions are drawn together, bit for bit: unpadded,
   TensorFlow's log rounded a tensor's last few elements (its scalar tail)
