@@ -476,7 +476,7 @@ class LanguageModel(tf.Module):
     return self._logits(h[-1], w), h, c
 
   def _decode(self, logits, h, c, w, *, choose, max_new_tokens, stop_on_eos, seeds=None,
-              stop_strings=None, keep_bytes=None, line_start=None):
+              greedy=None, stop_strings=None, keep_bytes=None, line_start=None):
     """Picks up to max_new_tokens tokens per row, one LSTM step each.
 
     Args:
@@ -490,6 +490,8 @@ class LanguageModel(tf.Module):
         of up to NOISE_BLOCK positions is then hashed at once, in a loop
         around the steps' loop (hashed per step, its ~25 small ops made
         batch-1 decoding 1.23x slower; the same at batch 256).
+      greedy: with seeds, None or a scalar bool: where true, choose ignores
+        the noise and none is hashed (blocks of no values).
       stop_strings, keep_bytes: the stop strings (None: there are none; this
         loop then carries no text) and how many bytes of each row's newest
         text can hold one.
@@ -545,7 +547,10 @@ class LanguageModel(tf.Module):
       per_position = batch * _noise_lanes(self._spec.vocab_size)
       size = tf.clip_by_value(_NOISE_BLOCK_VALUES // per_position, 1, NOISE_BLOCK)
       end = tf.minimum(first + size, max_new_tokens)
-      noise = gumbel_noise(seeds, tf.range(first, end), self._spec.vocab_size)
+      positions = tf.range(first, end)
+      hash_noise = lambda: gumbel_noise(seeds, positions, self._spec.vocab_size)
+      noise = hash_noise() if greedy is None else tf.cond(
+          greedy, lambda: tf.zeros([end - first, batch, 0]), hash_noise)
       return tf.while_loop(
           lambda n, out, h, c, logits, *rest: (n < end) & going(n, *rest),
           lambda n, *rest: step(tf.gather(noise, n - first), n, *rest), (first,) + state)
@@ -622,8 +627,8 @@ class LanguageModel(tf.Module):
     mode = tf.where(has_strings, 3, tf.where(unfiltered, tf.where(greedy, 0, 1), 2))
     tokens, n, done, by_eos, ends = tf.switch_case(mode, [
         loop(greedy_choice), loop(sampled, seeds=seeds), loop(general, seeds=seeds),
-        loop(general, seeds=seeds, stop_strings=stop_strings, keep_bytes=keep_bytes,
-             line_start=line_start)])
+        loop(general, seeds=seeds, greedy=greedy, stop_strings=stop_strings,
+             keep_bytes=keep_bytes, line_start=line_start)])
     text_lengths = ends - tf.cast(by_eos, tf.int32)
     text = self.tokenizer.decode(tf.RaggedTensor.from_tensor(tokens, lengths=text_lengths),
                                  line_start)
