@@ -7,8 +7,8 @@ ids, window 128) with random weights (throughput does not depend on them),
 each measurement in a fresh process (so peak RSS is its own), interleaved in
 every round:
 
-  ours      dataspec.serving.LanguageModel.generate_samples, what
-            textgen-generate and the SavedModel's `generate` run, with
+  ours      dataspec.serving.LanguageModel.sampler, what textgen-generate
+            runs (the SavedModel's `generate` with the settings fixed), with
             sampling on (temperature 1, top-k/top-p off): timed for 1 and for
             --new_tokens new tokens after a 128-token prompt; the difference
             is the decode rate, the first call the prefill (prompt tokens /
@@ -22,6 +22,10 @@ every round:
             greedy; prefill = one nn.LSTM call over the prompt.
   tutorial  what the Keras text-generation tutorials do: for each new token
             model.predict() on the last 128 tokens, argmax.
+  ours_signature
+            ours through generate_samples, the settings as inputs: what the
+            SavedModel's `generate` signature runs (all four decoding loops
+            traced, one picked per call).
   ours_bf16, torch_bf16
             ours with textgen-generate's --precision=bfloat16 (products in
             bfloat16), PyTorch's loop under torch.autocast("cpu",
@@ -79,7 +83,7 @@ def best_of(fn, times=3) -> float:
 
 # ---- workers (each in its own process) ---------------------------------------
 
-def work_ours(batch, new_tokens, *, precision="float32"):
+def work_ours(batch, new_tokens, *, precision="float32", signature=False):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from dataspec import export as export_lib  # pylint: disable=g-import-not-at-top
   from dataspec import serving  # pylint: disable=g-import-not-at-top
@@ -102,14 +106,19 @@ def work_ours(batch, new_tokens, *, precision="float32"):
   texts = [text[i * WINDOW:(i + 1) * WINDOW] for i in range(batch)]
   assert len(set(texts)) == batch
   prompts, one_prompt = tf.constant(texts), tf.constant(texts[:1] * batch)
-  settings = dict(temperature=tf.constant(1.0), top_k=tf.constant(0),
-                  top_p=tf.constant(1.0), greedy=tf.constant(False),
-                  seed=tf.constant(0, tf.int64), stop=tf.constant([], tf.string))
+  settings = dict(temperature=1.0, top_k=0, top_p=1.0, greedy=False, seed=0, stop=())
   index, zeros = tf.range(batch, dtype=tf.int64), tf.zeros([batch], tf.int64)
+  if signature:
+    dtypes = dict(temperature=tf.float32, top_k=tf.int32, top_p=tf.float32,
+                  greedy=tf.bool, seed=tf.int64, stop=tf.string)
+    inputs = {k: tf.constant(v, dtypes[k]) for k, v in settings.items()}
+    generate = lambda texts, n: lm.generate_samples(texts, index, zeros, n, **inputs)
+  else:
+    fixed = lm.sampler(**settings)
+    generate = lambda texts, n: fixed(texts, index, zeros, n)
 
   def run(n, texts=prompts):
-    lm.generate_samples(texts, index, zeros, max_new_tokens=tf.constant(n),
-                        **settings)["token_ids"].numpy()
+    generate(texts, tf.constant(n))["token_ids"].numpy()
 
   run(2)  # trace
   one = best_of(lambda: run(1))
@@ -208,6 +217,7 @@ def work_tutorial(batch, new_tokens):
 
 WORKERS = {"ours": work_ours, "keras": work_keras, "torch": work_torch,
            "tutorial": work_tutorial,
+           "ours_signature": functools.partial(work_ours, signature=True),
            "ours_bf16": functools.partial(work_ours, precision="bfloat16"),
            "torch_bf16": functools.partial(work_torch, bfloat16=True)}
 # "ours / x" columns for the float32 ones; bfloat16 against its own kind.
@@ -263,7 +273,8 @@ def main(_):
                      f"({min(r['start_rss_mb'] for r in results[i, batch]):,.0f})"
                      for i in impls) + " |")
   machine.print_memory_table(impls, batches, rss, anon, (
-      ("ours", "torch"), ("ours", "keras"), ("ours_bf16", "torch_bf16")))
+      ("ours", "torch"), ("ours", "keras"), ("ours_signature", "torch"),
+      ("ours_bf16", "torch_bf16")))
   if "ours" in impls:
     print("\nours prefill tokens/s with one prompt in every row (the samples of one "
           "prompt share its prefill): " + ", ".join(

@@ -54,6 +54,8 @@ PREFILL_CHUNK = 32  # prompt tokens per step of generation's prefill loop
 NOISE_BLOCK = 32  # decode positions whose sampling noise is hashed at once
 _NOISE_BLOCK_VALUES = 1 << 18  # at most this many noise values at once (1 MB)
 _NOISE_LANES = 16  # see gumbel_noise
+# The four decoding loops (decoding_mode()).
+_GREEDY, _SAMPLED, _FILTERED, _STOP_STRINGS = range(4)
 _LN2 = math.log(2.0)
 
 
@@ -119,6 +121,17 @@ def row_seeds(seed, prompt_index, sample_index):
   x = tf.bitwise.bitwise_and(tf.bitwise.bitwise_xor(x, shift(x, 32)),
                              tf.constant(0x7FFFFFFF, tf.uint64))
   return tf.cast(x, tf.int64)
+
+
+def decoding_mode(*, greedy: bool, top_k: int, top_p: float, stop: Sequence[str]) -> int:
+  """Which of generation's four decoding loops these settings run: greedy,
+  plain sampling, filtered sampling (top-k / top-p), or any of them with
+  stop strings (the one loop that carries each row's text)."""
+  if any(s not in ("<eos>", "") for s in stop):
+    return _STOP_STRINGS
+  if greedy:
+    return _GREEDY
+  return _SAMPLED if top_k <= 0 and top_p >= 1.0 else _FILTERED
 
 
 def _contains_any(texts, needles):
@@ -434,11 +447,12 @@ class LanguageModel(tf.Module):
   def _filter(self, scaled, top_k, top_p):
     """Top-k (0 = off), then top-p (1 = off) of temperature-scaled logits."""
     neg_inf = tf.constant(-np.inf, tf.float32)
+    # k >= 1 even where the branch is not taken: with the settings fixed
+    # (sampler()) top_k is a constant, and a k of 0 fails at trace time.
+    k = tf.clip_by_value(top_k, 1, self._spec.vocab_size)
     scaled = tf.cond(
         top_k > 0,
-        lambda: tf.where(scaled < tf.math.top_k(
-            scaled, k=tf.minimum(top_k, self._spec.vocab_size)).values[:, -1:],
-                         neg_inf, scaled),
+        lambda: tf.where(scaled < tf.math.top_k(scaled, k=k).values[:, -1:], neg_inf, scaled),
         lambda: scaled)
 
     def nucleus():
@@ -572,7 +586,9 @@ class LanguageModel(tf.Module):
     return tokens, n, done, by_eos, ends
 
   def _generate(self, prompts, prompt_index, sample_index, max_new_tokens,
-                temperature, top_k, top_p, greedy, seed, stop):
+                temperature, top_k, top_p, greedy, seed, stop, mode=None):
+    # mode: None (the graph picks one of the four decoding loops per call,
+    # all four traced) or decoding_mode() of these settings (only its loop).
     # Rows with the same prompt (the samples of one prompt) share its
     # prefill: each distinct prompt is tokenized and run once, and its
     # state copied to its rows. A row's numbers do not depend on the rows
@@ -623,16 +639,23 @@ class LanguageModel(tf.Module):
     loop = lambda choose, **kw: lambda: self._decode(
         logits, h, c, w, choose=choose, max_new_tokens=max_new_tokens,
         stop_on_eos=stop_on_eos, **kw)
-    unfiltered = greedy | ((top_k <= 0) & (top_p >= 1.0))
-    mode = tf.where(has_strings, 3, tf.where(unfiltered, tf.where(greedy, 0, 1), 2))
-    tokens, n, done, by_eos, ends = tf.switch_case(mode, [
-        loop(greedy_choice), loop(sampled, seeds=seeds), loop(general, seeds=seeds),
-        loop(general, seeds=seeds, greedy=greedy, stop_strings=stop_strings,
-             keep_bytes=keep_bytes, line_start=line_start)])
+    loops = [loop(greedy_choice), loop(sampled, seeds=seeds), loop(general, seeds=seeds),
+             loop(general, seeds=seeds, greedy=greedy, stop_strings=stop_strings,
+                  keep_bytes=keep_bytes, line_start=line_start)]  # by decoding_mode
+    if mode is None:
+      unfiltered = greedy | ((top_k <= 0) & (top_p >= 1.0))
+      which = tf.where(has_strings, _STOP_STRINGS,
+                       tf.where(unfiltered, tf.where(greedy, _GREEDY, _SAMPLED), _FILTERED))
+      tokens, n, done, by_eos, ends = tf.switch_case(which, loops)
+    else:
+      tokens, n, done, by_eos, ends = loops[mode]()
     text_lengths = ends - tf.cast(by_eos, tf.int32)
     text = self.tokenizer.decode(tf.RaggedTensor.from_tensor(tokens, lengths=text_lengths),
                                  line_start)
-    text = tf.cond(has_strings, lambda: _cut_at_first(text, stop_strings), lambda: text)
+    if mode is None:
+      text = tf.cond(has_strings, lambda: _cut_at_first(text, stop_strings), lambda: text)
+    elif mode == _STOP_STRINGS:
+      text = _cut_at_first(text, stop_strings)
     valid = tf.range(n)[None, :] < ends[:, None]
     return {
         "text": text,
@@ -659,26 +682,49 @@ class LanguageModel(tf.Module):
                seed, stop):
     """Continues each prompt (one sample each; see generate_samples)."""
     batch = tf.shape(prompts)[0]
-    return self._generate(prompts, tf.range(batch, dtype=tf.int64),
-                          tf.zeros([batch], tf.int64), max_new_tokens, temperature,
-                          top_k, top_p, greedy, seed, stop)
+    # A call of generate_samples' function (inlined when run), not a second
+    # trace of the decoding: a SavedModel holds that graph once.
+    return self.generate_samples(prompts, tf.range(batch, dtype=tf.int64),
+                                 tf.zeros([batch], tf.int64), max_new_tokens, temperature,
+                                 top_k, top_p, greedy, seed, stop)
 
-  @tf.function(autograph=False, input_signature=[
-      tf.TensorSpec([None], tf.string, name="prompts"),
-      tf.TensorSpec([None], tf.int64, name="prompt_index"),
-      tf.TensorSpec([None], tf.int64, name="sample_index")] + _SETTINGS)
+  _SAMPLE_ROWS = [tf.TensorSpec([None], tf.string, name="prompts"),
+                  tf.TensorSpec([None], tf.int64, name="prompt_index"),
+                  tf.TensorSpec([None], tf.int64, name="sample_index")]
+
+  @tf.function(autograph=False, input_signature=_SAMPLE_ROWS + _SETTINGS)
   def generate_samples(self, prompts, prompt_index, sample_index, max_new_tokens,
                        temperature, top_k, top_p, greedy, seed, stop):
     """Row i: sample `sample_index[i]` of prompt number `prompt_index[i]`."""
     return self._generate(prompts, prompt_index, sample_index, max_new_tokens,
                           temperature, top_k, top_p, greedy, seed, stop)
 
+  def sampler(self, *, temperature: float, top_k: int, top_p: float, greedy: bool,
+              seed: int, stop: Sequence[str]):
+    """generate_samples with these settings fixed, as a tf.function of
+    (prompts, prompt_index, sample_index, max_new_tokens): the same outputs,
+    but it traces only the decoding loop the settings use, where
+    generate_samples (whose settings are inputs) traces all four and picks
+    one per call. What a job with fixed settings runs (textgen-generate):
+    the other three loops cost a batch-1 process 40 MB more peak memory and
+    its first call twice the time."""
+    settings = dict(temperature=tf.constant(temperature, tf.float32),
+                    top_k=tf.constant(top_k, tf.int32), top_p=tf.constant(top_p, tf.float32),
+                    greedy=tf.constant(greedy), seed=tf.constant(seed, tf.int64),
+                    stop=tf.constant(list(stop), tf.string))
+    mode = decoding_mode(greedy=greedy, top_k=top_k, top_p=top_p, stop=stop)
+
+    @tf.function(autograph=False, input_signature=self._SAMPLE_ROWS + self._SETTINGS[:1])
+    def generate_samples(prompts, prompt_index, sample_index, max_new_tokens):
+      return self._generate(prompts, prompt_index, sample_index, max_new_tokens,
+                            mode=mode, **settings)
+    return generate_samples
+
 
 def save(path: str, model: LanguageModel):
   """Writes `model` as a SavedModel at local `path`."""
-  signatures = {
-      "serving_default": model.generate.get_concrete_function(),
-      "generate": model.generate.get_concrete_function(),
-      "score": model.score.get_concrete_function(),
-  }
+  # The functions, not concrete functions: traced outside tf.saved_model.save
+  # (a different context), each would be traced twice.
+  signatures = {"serving_default": model.generate, "generate": model.generate,
+                "score": model.score}
   tf.saved_model.save(model, path, signatures=signatures)

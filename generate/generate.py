@@ -79,10 +79,11 @@ def shard_output_path(config) -> str:
 class Generator:
   """Decodes batches of (prompt, sample index) with an exported model.
 
-  The decoding itself is dataspec.serving.LanguageModel.generate_samples:
-  the very function the exported SavedModel's `generate` signature runs, so
-  this job and the SavedModel give the same text for the same settings
-  (with --precision=float32, the default).
+  The decoding itself is dataspec.serving.LanguageModel.sampler: the
+  function the exported SavedModel's `generate` signature runs, with this
+  job's settings fixed (so only their decoding loop is traced); this job and
+  the SavedModel give the same text for the same settings (with
+  --precision=float32, the default).
   """
 
   def __init__(self, export_dir: str, config):
@@ -91,21 +92,17 @@ class Generator:
     self.model = serving.LanguageModel(spec, weights, meta.tokenizer_spec, vocab,
                                        precision=config.precision)
     self.training = training
-    self._settings = dict(
-        max_new_tokens=tf.constant(config.max_new_tokens, tf.int32),
-        temperature=tf.constant(config.temperature, tf.float32),
-        top_k=tf.constant(config.top_k, tf.int32),
-        top_p=tf.constant(config.top_p, tf.float32),
-        greedy=tf.constant(config.greedy),
-        seed=tf.constant(config.seed, tf.int64),
-        stop=tf.constant(list(config.stop), tf.string))
+    self._generate = self.model.sampler(
+        temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
+        greedy=config.greedy, seed=config.seed, stop=config.stop)
+    self._max_new_tokens = tf.constant(config.max_new_tokens, tf.int32)
 
   def generate_batch(self, items):
     """items: list of (Prompt, sample_index). Returns result dicts."""
-    out = self.model.generate_samples(
+    out = self._generate(
         tf.constant([p.text for p, _ in items]),
         tf.constant([p.index for p, _ in items], tf.int64),
-        tf.constant([s for _, s in items], tf.int64), **self._settings)
+        tf.constant([s for _, s in items], tf.int64), self._max_new_tokens)
     out = {k: v.numpy() for k, v in out.items()}
     return [{
         "id": prompt.id, "prompt": prompt.text, "sample_index": sample_index,

@@ -268,6 +268,42 @@ def test_generate_signature_edges(tiny_run):
   assert none["text"].numpy().tolist() == [b""] and none["num_tokens"].numpy()[0] == 0
 
 
+def test_sampler_with_fixed_settings_is_generate_samples_with_one_loop(tiny_run):
+  """What textgen-generate runs (the settings fixed, one decoding loop
+  traced) gives generate_samples' outputs bit for bit; its graph holds no
+  switch between loops. Greedy and top-k here; plain sampling and stop
+  strings are compared through the job in the tests above."""
+  import tensorflow as tf
+  from dataspec import serving
+  for settings, loop in [
+      (dict(greedy=True, top_k=0, top_p=1.0, stop=()), 0),
+      (dict(greedy=True, top_k=0, top_p=0.5, stop=("<eos>",)), 0),
+      (dict(greedy=False, top_k=0, top_p=1.0, stop=("<eos>", "")), 1),
+      (dict(greedy=False, top_k=4, top_p=1.0, stop=()), 2),
+      (dict(greedy=False, top_k=0, top_p=0.8, stop=("<eos>",)), 2),
+      (dict(greedy=False, top_k=0, top_p=1.0, stop=("e", "<eos>")), 3),
+      (dict(greedy=True, top_k=0, top_p=1.0, stop=("", "the")), 3)]:
+    assert serving.decoding_mode(**settings) == loop, settings
+  spec, weights, meta, vocab, _ = export_lib.load_export(str(tiny_run[0] / "export"))
+  lm = serving.LanguageModel(spec, weights, meta.tokenizer_spec, vocab)
+  prompts = tf.constant(["ROMEO:", "A", "", "A"])
+  index, samples = tf.constant([0, 1, 2, 1], tf.int64), tf.constant([0, 0, 0, 1], tf.int64)
+  dtypes = dict(greedy=tf.bool, top_k=tf.int32, top_p=tf.float32, stop=tf.string,
+                temperature=tf.float32, seed=tf.int64)
+  for settings in [dict(greedy=True, top_k=0, top_p=1.0, stop=()),
+                   dict(greedy=False, top_k=4, top_p=1.0, stop=("<eos>",))]:
+    settings = dict(settings, temperature=0.9, seed=11)
+    fixed = lm.sampler(**settings)
+    assert "Case" not in {op.type.replace("Stateless", "") for op in
+                          fixed.get_concrete_function().graph.get_operations()}
+    got = fixed(prompts, index, samples, tf.constant(40))
+    want = lm.generate_samples(prompts, index, samples, max_new_tokens=tf.constant(40),
+                               **{k: tf.constant(v, dtypes[k]) for k, v in settings.items()})
+    assert got.keys() == want.keys()
+    for key in want:
+      np.testing.assert_array_equal(got[key].numpy(), want[key].numpy(), err_msg=key)
+
+
 @pytest.mark.parametrize("top_k,stop,eos_bias,small_blocks", [
     (0, (), None, False), (0, ("<eos>",), -2.0, True), (3, ("<eos>",), -0.5, False)])
 def test_sampled_decoding_draws_noise_in_blocks_like_one_step_at_a_time(
