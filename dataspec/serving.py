@@ -499,7 +499,8 @@ class LanguageModel(tf.Module):
       choose: (logits, noise) -> (batch,) token ids; noise is the position's
         (batch, vocab) Gumbel noise, None without seeds.
       max_new_tokens: scalar int32.
-      stop_on_eos: scalar bool.
+      stop_on_eos: scalar bool, or False when it is known to be when tracing
+        (with no stop strings the loop then tracks no row's end).
       seeds: None (no sampling) or the rows' seeds (row_seeds()): the noise
         of up to NOISE_BLOCK positions is then hashed at once, in a loop
         around the steps' loop (hashed per step, its ~25 small ops made
@@ -527,6 +528,13 @@ class LanguageModel(tf.Module):
       logits, h, c = self._step(token, h, c, w)
       return n + 1, out, h, c, logits, ends
 
+    def length_step(noise, n, out, h, c, logits):
+      # Nothing stops a row before max_new_tokens.
+      token = choose(logits, noise)
+      out = out.write(n, token)
+      logits, h, c = self._step(token, h, c, w)
+      return n + 1, out, h, c, logits
+
     def text_step(noise, n, out, h, c, logits, ends, done, by_eos, tail, line_start):
       token = choose(logits, noise)
       out = out.write(n, token)
@@ -542,7 +550,9 @@ class LanguageModel(tf.Module):
       logits, h, c = self._step(token, h, c, w)
       return n + 1, out, h, c, logits, ends, done, by_eos, tail, line_start
 
-    if stop_strings is None:
+    if stop_strings is None and stop_on_eos is False:
+      step, extra, going = length_step, (), None
+    elif stop_strings is None:
       stop_id = tf.where(stop_on_eos, tokenizer_lib.EOS_ID, -1)
       unstopped = max_new_tokens + 1
       extra = (tf.fill([batch], unstopped),)
@@ -555,6 +565,11 @@ class LanguageModel(tf.Module):
                line_start)
       going = lambda n, ends, done, *_: ~tf.reduce_all(done)
 
+    def before(limit):  # the loops' condition
+      if going is None:
+        return lambda n, *_: n < limit
+      return lambda n, out, h, c, logits, *rest: (n < limit) & going(n, *rest)
+
     def noise_block(first, *state):
       # (block, batch, vocab) noise for positions first.., at most
       # _NOISE_BLOCK_VALUES values (a large vocab and batch: one position).
@@ -566,29 +581,33 @@ class LanguageModel(tf.Module):
       noise = hash_noise() if greedy is None else tf.cond(
           greedy, lambda: tf.zeros([end - first, batch, 0]), hash_noise)
       return tf.while_loop(
-          lambda n, out, h, c, logits, *rest: (n < end) & going(n, *rest),
-          lambda n, *rest: step(tf.gather(noise, n - first), n, *rest), (first,) + state)
+          before(end), lambda n, *rest: step(tf.gather(noise, n - first), n, *rest),
+          (first,) + state)
 
     state = (tf.constant(0), tf.TensorArray(tf.int32, size=0, dynamic_size=True,
                                             element_shape=tf.TensorShape([None])),
              h, c, logits) + extra
     body = (functools.partial(step, None) if seeds is None else noise_block)
-    n, out, _, _, _, ends, *rest = tf.while_loop(
-        lambda n, out, h, c, logits, *rest: (n < max_new_tokens) & going(n, *rest),
-        body, state)
-    if stop_strings is None:
+    n, out, _, _, _, *rest = tf.while_loop(before(max_new_tokens), body, state)
+    if not extra:
+      ends, done = tf.fill([batch], n), tf.zeros([batch], tf.bool)
+      by_eos = done
+    elif stop_strings is None:
+      ends = rest[0]
       done = ends <= max_new_tokens
       by_eos, ends = done, tf.minimum(ends, n)
     else:
-      done, by_eos = rest[0], rest[1]
+      ends, done, by_eos = rest[0], rest[1], rest[2]
     tokens = tf.cond(n > 0, lambda: tf.transpose(tf.reshape(out.stack(), [n, batch])),
                      lambda: tf.zeros([batch, 0], tf.int32))  # (batch, n)
     return tokens, n, done, by_eos, ends
 
   def _generate(self, prompts, prompt_index, sample_index, max_new_tokens,
-                temperature, top_k, top_p, greedy, seed, stop, mode=None):
+                temperature, top_k, top_p, greedy, seed, stop, mode=None,
+                stop_on_eos=None):
     # mode: None (the graph picks one of the four decoding loops per call,
-    # all four traced) or decoding_mode() of these settings (only its loop).
+    # all four traced) or decoding_mode() of these settings (only its loop);
+    # stop_on_eos: None or whether stop holds "<eos>", known when tracing.
     # Rows with the same prompt (the samples of one prompt) share its
     # prefill: each distinct prompt is tokenized and run once, and its
     # state copied to its rows. A row's numbers do not depend on the rows
@@ -615,7 +634,8 @@ class LanguageModel(tf.Module):
     h, c = tuple(tf.unstack(h, num=layers)), tuple(tf.unstack(c, num=layers))
     seeds = row_seeds(seed, prompt_index, sample_index)
 
-    stop_on_eos = tf.reduce_any(tf.equal(stop, "<eos>"))
+    if stop_on_eos is None:
+      stop_on_eos = tf.reduce_any(tf.equal(stop, "<eos>"))
     stop_strings = tf.boolean_mask(stop, tf.not_equal(stop, "<eos>") & tf.not_equal(stop, ""))
     has_strings = tf.size(stop_strings) > 0
     # Only the end of the text can hold a stop string that the newest piece
@@ -705,9 +725,10 @@ class LanguageModel(tf.Module):
     (prompts, prompt_index, sample_index, max_new_tokens): the same outputs,
     but it traces only the decoding loop the settings use, where
     generate_samples (whose settings are inputs) traces all four and picks
-    one per call. What a job with fixed settings runs (textgen-generate):
-    the other three loops cost a batch-1 process 40 MB more peak memory and
-    its first call twice the time."""
+    one per call, and without "<eos>" or stop strings its loop tracks no
+    row's end. What a job with fixed settings runs (textgen-generate): the
+    other three loops cost a batch-1 process 40 MB more peak memory and its
+    first call twice the time."""
     settings = dict(temperature=tf.constant(temperature, tf.float32),
                     top_k=tf.constant(top_k, tf.int32), top_p=tf.constant(top_p, tf.float32),
                     greedy=tf.constant(greedy), seed=tf.constant(seed, tf.int64),
@@ -717,7 +738,7 @@ class LanguageModel(tf.Module):
     @tf.function(autograph=False, input_signature=self._SAMPLE_ROWS + self._SETTINGS[:1])
     def generate_samples(prompts, prompt_index, sample_index, max_new_tokens):
       return self._generate(prompts, prompt_index, sample_index, max_new_tokens,
-                            mode=mode, **settings)
+                            mode=mode, stop_on_eos="<eos>" in stop, **settings)
     return generate_samples
 
 
