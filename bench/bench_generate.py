@@ -109,9 +109,7 @@ def work_ours(batch, new_tokens, *, precision="float32", signature=False):
   settings = dict(temperature=1.0, top_k=0, top_p=1.0, greedy=False, seed=0, stop=())
   index, zeros = tf.range(batch, dtype=tf.int64), tf.zeros([batch], tf.int64)
   if signature:
-    dtypes = dict(temperature=tf.float32, top_k=tf.int32, top_p=tf.float32,
-                  greedy=tf.bool, seed=tf.int64, stop=tf.string)
-    inputs = {k: tf.constant(v, dtypes[k]) for k, v in settings.items()}
+    inputs = lm.setting_inputs(**settings)
     generate = lambda texts, n: lm.generate_samples(texts, index, zeros, n, **inputs)
   else:
     fixed = lm.sampler(**settings)

@@ -719,6 +719,16 @@ class LanguageModel(tf.Module):
     return self._generate(prompts, prompt_index, sample_index, max_new_tokens,
                           temperature, top_k, top_p, greedy, seed, stop)
 
+  @classmethod
+  def setting_inputs(cls, **settings):
+    """generate_samples' settings but max_new_tokens (temperature, top_k,
+    top_p, greedy, seed, stop) from Python values, as tensors of the
+    signature's dtypes."""
+    specs = {spec.name: spec for spec in cls._SETTINGS if spec.name != "max_new_tokens"}
+    if settings.keys() != specs.keys():
+      raise TypeError(f"settings {sorted(settings)}, expected {sorted(specs)}")
+    return {name: tf.constant(value, specs[name].dtype) for name, value in settings.items()}
+
   def sampler(self, *, temperature: float, top_k: int, top_p: float, greedy: bool,
               seed: int, stop: Sequence[str]):
     """generate_samples with these settings fixed, as a tf.function of
@@ -729,10 +739,8 @@ class LanguageModel(tf.Module):
     row's end. What a job with fixed settings runs (textgen-generate): the
     other three loops cost a batch-1 process 40 MB more peak memory and its
     first call twice the time."""
-    settings = dict(temperature=tf.constant(temperature, tf.float32),
-                    top_k=tf.constant(top_k, tf.int32), top_p=tf.constant(top_p, tf.float32),
-                    greedy=tf.constant(greedy), seed=tf.constant(seed, tf.int64),
-                    stop=tf.constant(list(stop), tf.string))
+    settings = self.setting_inputs(temperature=temperature, top_k=top_k, top_p=top_p,
+                                   greedy=greedy, seed=seed, stop=stop)
     mode = decoding_mode(greedy=greedy, top_k=top_k, top_p=top_p, stop=stop)
 
     @tf.function(autograph=False, input_signature=self._SAMPLE_ROWS + self._SETTINGS[:1])

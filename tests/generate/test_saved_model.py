@@ -288,8 +288,6 @@ def test_sampler_with_fixed_settings_is_generate_samples_with_one_loop(tiny_run)
   lm = serving.LanguageModel(spec, weights, meta.tokenizer_spec, vocab)
   prompts = tf.constant(["ROMEO:", "A", "", "A"])
   index, samples = tf.constant([0, 1, 2, 1], tf.int64), tf.constant([0, 0, 0, 1], tf.int64)
-  dtypes = dict(greedy=tf.bool, top_k=tf.int32, top_p=tf.float32, stop=tf.string,
-                temperature=tf.float32, seed=tf.int64)
   for settings in [dict(greedy=True, top_k=0, top_p=1.0, stop=()),
                    dict(greedy=False, top_k=4, top_p=1.0, stop=("<eos>",))]:
     settings = dict(settings, temperature=0.9, seed=11)
@@ -298,7 +296,7 @@ def test_sampler_with_fixed_settings_is_generate_samples_with_one_loop(tiny_run)
                           fixed.get_concrete_function().graph.get_operations()}
     got = fixed(prompts, index, samples, tf.constant(40))
     want = lm.generate_samples(prompts, index, samples, max_new_tokens=tf.constant(40),
-                               **{k: tf.constant(v, dtypes[k]) for k, v in settings.items()})
+                               **lm.setting_inputs(**settings))
     assert got.keys() == want.keys()
     for key in want:
       np.testing.assert_array_equal(got[key].numpy(), want[key].numpy(), err_msg=key)
