@@ -34,10 +34,11 @@ def test_no_job_imports_another(package):
   assert not bad, f"{package} imports another job: {bad}"
 
 
-# The SavedModel's graph code: TensorFlow modules by nature. No other
-# dataspec module imports TensorFlow at module level, so Beam workers (which
-# install no TensorFlow) can load the contract.
-TF_MODULES = {"graph_tokenizer.py", "serving.py"}
+# The SavedModel's graph code: TensorFlow modules by nature, and the module
+# that imports TensorFlow without Keras. No other dataspec module imports
+# TensorFlow at module level, so Beam workers (which install no TensorFlow)
+# can load the contract.
+TF_MODULES = {"graph_tokenizer.py", "serving.py", "lean_tensorflow.py"}
 
 
 def test_dataspec_and_beam_job_do_not_import_tensorflow_at_module_level():
@@ -62,3 +63,22 @@ def test_the_beam_job_loads_without_tensorflow():
                        text=True, timeout=120, env=dict(os.environ, PYTHONPATH=REPO))
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.strip() == "[]"
+
+
+def test_generation_and_evaluation_load_tensorflow_without_keras():
+  # dataspec.lean_tensorflow: the jobs' TensorFlow imports Keras nowhere
+  # (17 MB), and Keras still imports in full when something asks for it.
+  code = ("import sys\n"
+          "import generate.generate, generate.evaluate\n"
+          "import tensorflow as tf\n"
+          "assert 'keras' not in sys.modules, sorted(sys.modules)\n"
+          "assert tf.constant(2.0).numpy() == 2.0\n"
+          "from tensorflow.keras import layers\n"
+          "import keras\n"
+          "assert layers.Dense is keras.layers.Dense is tf.keras.layers.Dense\n"
+          "assert keras.optimizers.Adam\n"
+          "print('ok')")
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                       text=True, timeout=120, env=dict(os.environ, PYTHONPATH=REPO))
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip() == "ok"
