@@ -251,14 +251,17 @@ class GraphTokenizer(tf.Module):
     if self.spec.normalization == "none" and not self.spec.lowercase:
       return texts
     cps = tf.strings.unicode_decode(texts, "UTF-8")
-    flat, rows = cps.flat_values, tf.cast(cps.value_rowids(), tf.int32)
+    flat, rows = cps.flat_values, tf.cast(row_ids(cps), tf.int32)
     if self.spec.normalization != "none":
       flat, rows = _unicode_normalize(flat, rows, self.spec.normalization.upper())
     if self.spec.lowercase:
       flat, rows = _lower(flat, rows)
+    # rows stay sorted through every step above. validate=False: the checks
+    # are four Assert branches, nested functions of every graph that
+    # tokenizes, and each node costs memory when a function first runs.
     return tf.strings.unicode_encode(
         tf.RaggedTensor.from_value_rowids(flat, tf.cast(rows, tf.int64),
-                                          nrows=cps.nrows()), "UTF-8")
+                                          nrows=cps.nrows(), validate=False), "UTF-8")
 
   # ---- encoding -----------------------------------------------------------
 
@@ -299,7 +302,7 @@ class GraphTokenizer(tf.Module):
 
   def _encode_words(self, cps: tf.RaggedTensor) -> tf.RaggedTensor:
     flat = cps.flat_values  # (n,)
-    rows = tf.cast(cps.value_rowids(), tf.int32)
+    rows = tf.cast(row_ids(cps), tf.int32)
     starts, ends = self._word_spans(flat, rows)  # (tokens,) each
     token_cps = tf.gather(flat, tf.ragged.range(starts, ends))  # (tokens, None)
     words = tf.strings.unicode_encode(token_cps, "UTF-8")  # (tokens,)
@@ -310,8 +313,8 @@ class GraphTokenizer(tf.Module):
                    & (tf.gather(_lookup_runs("number", lambda: _word_classes()[1], flat),
                                 starts) >= 2))
       ids = tf.where(is_number, self._number_id, ids)
-    return tf.RaggedTensor.from_value_rowids(
-        ids, tf.cast(tf.gather(rows, starts), tf.int64), nrows=cps.nrows())
+    return tf.RaggedTensor.from_value_rowids(  # sorted rows: see normalize
+        ids, tf.cast(tf.gather(rows, starts), tf.int64), nrows=cps.nrows(), validate=False)
 
   def _word_spans(self, flat, rows):
     """(starts, ends) of the word tokens of flat code points `flat` whose
@@ -349,36 +352,34 @@ class GraphTokenizer(tf.Module):
         leading space, so a continuation decodes with line_start False to
         keep the space it starts with.
     """
-    ids = tf.ragged.boolean_mask(ids, tf.not_equal(ids, tokenizer_lib.PAD_ID))
+    if self.spec.type == "byte":  # <pad> is reserved: dropped with the others
+      data = keep_values(ids, ids.flat_values >= tokenizer_lib.NUM_RESERVED)
+      return _replace_invalid_utf8(join_rows(data.with_flat_values(_byte_strings(
+          data.flat_values - tokenizer_lib.NUM_RESERVED))))
+    ids = keep_values(ids, tf.not_equal(ids.flat_values, tokenizer_lib.PAD_ID))
     if self.spec.is_subword:
       return self._decode_subwords(ids, line_start)
-    if self.spec.type == "byte":
-      data = tf.ragged.boolean_mask(ids, ids >= tokenizer_lib.NUM_RESERVED)
-      raw = tf.strings.reduce_join(data.with_flat_values(_byte_strings(
-          data.flat_values - tokenizer_lib.NUM_RESERVED)), axis=1)
-      return _replace_invalid_utf8(raw)
     pieces = ids.with_flat_values(tf.gather(self._pieces, ids.flat_values))
     if self.spec.type == "char":
-      return tf.strings.reduce_join(pieces, axis=1)
+      return join_rows(pieces)
     # word: a space between two tokens unless either is a line end.
-    eos = tf.equal(ids, tokenizer_lib.EOS_ID)
-    first = tf.equal(tf.ragged.range(ids.row_lengths()), 0)
-    prev_eos = tf.concat([tf.ones_like(eos[:, :1]), eos[:, :-1]], axis=1)
-    space = ~first & ~eos & ~prev_eos
-    sep = space.with_flat_values(tf.where(space.flat_values, " ", ""))
-    return tf.strings.reduce_join(
-        pieces.with_flat_values(tf.strings.join([sep.flat_values, pieces.flat_values])),
-        axis=1)
+    flat = ids.flat_values
+    eos = tf.equal(flat, tokenizer_lib.EOS_ID)
+    # The value before a row's first is another row's (no space either way).
+    prev_eos = tf.concat([[True], eos], 0)[:-1]
+    space = ~_firsts(ids) & ~eos & ~prev_eos
+    return join_rows(pieces.with_flat_values(
+        tf.strings.join([tf.where(space, " ", ""), pieces.flat_values])))
 
   def _decode_subwords(self, ids: tf.RaggedTensor, line_start) -> tf.Tensor:
     flat = ids.flat_values
-    first = tf.equal(tf.ragged.range(ids.row_lengths()).flat_values, 0)
+    first = _firsts(ids)
     row_start = tf.ones_like(first) if line_start is None else tf.gather(
-        line_start, ids.value_rowids())
+        line_start, row_ids(ids))
     after_eos = tf.equal(tf.roll(flat, 1, 0), tokenizer_lib.EOS_ID)
     starts_line = tf.where(first, row_start, after_eos)
     pieces = _drop_leading_space(tf.gather(self._pieces, flat), starts_line)
-    return _replace_invalid_utf8(tf.strings.reduce_join(ids.with_flat_values(pieces), axis=1))
+    return _replace_invalid_utf8(join_rows(ids.with_flat_values(pieces)))
 
   def piece(self, ids: tf.Tensor, after_line_start: tf.Tensor):
     """What one more id appends to decoded text, per row (incremental decode).
@@ -593,3 +594,52 @@ def _byte_strings(values: tf.Tensor) -> tf.Tensor:
   """One-byte strings of int values in [0, 256)."""
   table, = _const("bytes", lambda: ([bytes([b]) for b in range(256)],))
   return tf.gather(table, values)
+
+
+# ---- ragged rows in few ops -----------------------------------------------
+# For (batch, None) ragged tensors, what tf.RaggedTensor's own methods do in
+# many small ops (shape arithmetic and checks): value_rowids() 75 graph
+# nodes, tf.ragged.boolean_mask 120, reduce_join over the rows 84, a row sum
+# 86. Every node of a function costs memory when the function first runs
+# (~10 KB each here: a batch-1 generation job's peak is set then), and these
+# are in every function that tokenizes or detokenizes.
+
+def row_ids(ragged: tf.RaggedTensor) -> tf.Tensor:
+  """ragged.value_rowids(): the row of each value (int64)."""
+  splits = ragged.row_splits
+  return tf.searchsorted(splits[1:], tf.range(splits[-1]), side="right", out_type=tf.int64)
+
+
+def row_sums(ragged: tf.RaggedTensor, flags: tf.Tensor) -> tf.Tensor:
+  """How many of each row's values have `flags` (bool, one per value): int32."""
+  before = tf.concat([[0], tf.cumsum(tf.cast(flags, tf.int32))], 0)
+  splits = ragged.row_splits
+  return tf.gather(before, splits[1:]) - tf.gather(before, splits[:-1])
+
+
+def from_dense(dense: tf.Tensor, lengths: tf.Tensor) -> tf.RaggedTensor:
+  """tf.RaggedTensor.from_tensor(dense, lengths=lengths): row i's first
+  lengths[i] <= dense.shape[1] values."""
+  keep = tf.range(tf.shape(dense)[1])[None, :] < lengths[:, None]
+  return tf.RaggedTensor.from_row_splits(
+      tf.gather_nd(dense, tf.where(keep)),
+      tf.concat([[0], tf.cumsum(tf.cast(lengths, tf.int64))], 0), validate=False)
+
+
+def keep_values(ragged: tf.RaggedTensor, keep: tf.Tensor) -> tf.RaggedTensor:
+  """tf.ragged.boolean_mask(ragged, keep), `keep` a bool per value."""
+  before = tf.concat([[0], tf.cumsum(tf.cast(keep, tf.int64))], 0)
+  return tf.RaggedTensor.from_row_splits(
+      tf.gather(ragged.flat_values, tf.reshape(tf.where(keep), [-1])),
+      tf.gather(before, ragged.row_splits), validate=False)
+
+
+def _firsts(ragged: tf.RaggedTensor) -> tf.Tensor:
+  """Whether each value is its row's first (bool, one per value)."""
+  return tf.equal(tf.range(ragged.row_splits[-1]), tf.gather(ragged.row_splits, row_ids(ragged)))
+
+
+def join_rows(pieces: tf.RaggedTensor) -> tf.Tensor:
+  """tf.strings.reduce_join(pieces, axis=1): each row's strings joined."""
+  return tf.strings.unsorted_segment_join(pieces.flat_values, row_ids(pieces),
+                                          pieces.nrows())

@@ -627,8 +627,8 @@ class LanguageModel(tf.Module):
     line_start = tf.equal(tf.gather(dense, lengths - 1, batch_dims=1), start)
     rows = lambda x, axis=0: tf.gather(x, row_prompt, axis=axis)
     prompt_tokens = rows(distinct_tokens)
-    unknown = rows(tf.reduce_sum(tf.cast(tf.equal(ids, tokenizer_lib.UNK_ID), tf.int32),
-                                 axis=1))
+    unknown = rows(graph_tokenizer.row_sums(ids, tf.equal(ids.flat_values,
+                                                          tokenizer_lib.UNK_ID)))
     logits, h, c, line_start = rows(logits), rows(h, 1), rows(c, 1), rows(line_start)
     layers = self._spec.num_layers
     h, c = tuple(tf.unstack(h, num=layers)), tuple(tf.unstack(c, num=layers))
@@ -670,8 +670,7 @@ class LanguageModel(tf.Module):
     else:
       tokens, n, done, by_eos, ends = loops[mode]()
     text_lengths = ends - tf.cast(by_eos, tf.int32)
-    text = self.tokenizer.decode(tf.RaggedTensor.from_tensor(tokens, lengths=text_lengths),
-                                 line_start)
+    text = self.tokenizer.decode(graph_tokenizer.from_dense(tokens, text_lengths), line_start)
     if mode is None:
       text = tf.cond(has_strings, lambda: _cut_at_first(text, stop_strings), lambda: text)
     elif mode == _STOP_STRINGS:

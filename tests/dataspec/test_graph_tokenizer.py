@@ -180,3 +180,34 @@ def test_lowercase_equals_python_on_every_code_point_and_sigma_contexts():
               for c in ("", *ignorable) for d in ("", "A", "b", " ", "1")]
   got = graph.normalize(tf.constant([s.encode("utf-8") for s in contexts])).numpy()
   assert [g.decode("utf-8") for g in got] == [s.lower() for s in contexts]
+
+
+def test_ragged_helpers_equal_tensorflows_ragged_ops():
+  rng = np.random.default_rng(3)
+  shapes = [[], [0], [0, 0], [3], [2, 0, 5, 0, 1], list(rng.integers(0, 6, 40))]
+
+  @tf.function(autograph=False)
+  def helpers(ragged, flags, dense, lengths):
+    strings = ragged.with_flat_values(tf.strings.as_string(ragged.flat_values))
+    return (G.row_ids(ragged), G.row_sums(ragged, flags),
+            G.keep_values(ragged, flags).to_tensor(-1), G.join_rows(strings),
+            G._firsts(ragged), G.from_dense(dense, lengths).to_tensor(-1))  # pylint: disable=protected-access
+
+  for lengths in shapes:
+    rows = [rng.integers(0, 9, n).astype(np.int32) for n in lengths]
+    ragged = tf.RaggedTensor.from_row_lengths(
+        tf.constant(np.concatenate(rows + [np.zeros(0, np.int32)])),
+        tf.constant(lengths, tf.int64))
+    flags = ragged.flat_values > 4
+    dense = ragged.to_tensor(7)
+    cut = tf.constant([rng.integers(0, n + 1) for n in lengths], tf.int32)
+    got = [x.numpy() for x in helpers(ragged, flags, dense, cut)]
+    want = [ragged.value_rowids(),
+            tf.reduce_sum(tf.cast(ragged > 4, tf.int32), axis=1),
+            tf.ragged.boolean_mask(ragged, ragged > 4).to_tensor(-1),
+            tf.strings.reduce_join(tf.strings.as_string(ragged), axis=1),
+            tf.equal(tf.ragged.range(ragged.row_lengths()), 0).flat_values,
+            tf.RaggedTensor.from_tensor(dense, lengths=cut).to_tensor(-1)]
+    for name, g, w in zip(["row_ids", "row_sums", "keep_values", "join_rows", "firsts",
+                           "from_dense"], got, want):
+      np.testing.assert_array_equal(g, w.numpy(), err_msg=f"{name} of rows {lengths}")
