@@ -84,26 +84,34 @@ def best_of(fn, times=3) -> float:
 # ---- workers (each in its own process) ---------------------------------------
 
 def work_ours(batch, new_tokens, *, precision="float32", signature=False):
+  # As textgen-generate imports TensorFlow: without Keras.
+  from dataspec import lean_tensorflow  # pylint: disable=g-import-not-at-top,unused-import
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from dataspec import export as export_lib  # pylint: disable=g-import-not-at-top
   from dataspec import serving  # pylint: disable=g-import-not-at-top
   from dataspec import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   from dataspec import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   start_rss = machine.peak_rss_mb()
-  text = corpus()
-  tok_spec = tokenizer_lib.TokenizerSpec(type="char")
-  vocab = vocab_lib.select_vocab(
-      tokenizer_lib.Tokenizer(tok_spec, vocab=list(tokenizer_lib.RESERVED_TOKENS)).count(text),
-      max_vocab_size=0, min_count=1)
-  spec = export_lib.ModelSpec(vocab_size=len(vocab), embedding_dim=EMBEDDING, units=UNITS,
-                              num_layers=LAYERS, window_length=WINDOW)
-  rng = np.random.default_rng(0)
-  weights = {name: rng.normal(0, 0.1, shape).astype(np.float32)
-             for name, shape in export_lib.weight_shapes(spec).items()}
-  lm = serving.LanguageModel(spec, weights, tok_spec, vocab, precision=precision)
-  # A different prompt in every row (128 chars = 128 tokens): rows with the
-  # same prompt share one prefill, measured apart below ("shared").
-  texts = [text[i * WINDOW:(i + 1) * WINDOW] for i in range(batch)]
+
+  def model_and_prompts():
+    # Like textgen-generate, which keeps neither the weights it read (the
+    # model has its own copy) nor more text than the prompts.
+    text = corpus()
+    tok_spec = tokenizer_lib.TokenizerSpec(type="char")
+    vocab = vocab_lib.select_vocab(
+        tokenizer_lib.Tokenizer(tok_spec, vocab=list(tokenizer_lib.RESERVED_TOKENS)).count(text),
+        max_vocab_size=0, min_count=1)
+    spec = export_lib.ModelSpec(vocab_size=len(vocab), embedding_dim=EMBEDDING, units=UNITS,
+                                num_layers=LAYERS, window_length=WINDOW)
+    rng = np.random.default_rng(0)
+    weights = {name: rng.normal(0, 0.1, shape).astype(np.float32)
+               for name, shape in export_lib.weight_shapes(spec).items()}
+    lm = serving.LanguageModel(spec, weights, tok_spec, vocab, precision=precision)
+    # A different prompt in every row (128 chars = 128 tokens): rows with
+    # the same prompt share one prefill, measured apart below ("shared").
+    return lm, [text[i * WINDOW:(i + 1) * WINDOW] for i in range(batch)]
+
+  lm, texts = model_and_prompts()
   assert len(set(texts)) == batch
   prompts, one_prompt = tf.constant(texts), tf.constant(texts[:1] * batch)
   settings = dict(temperature=1.0, top_k=0, top_p=1.0, greedy=False, seed=0, stop=())
