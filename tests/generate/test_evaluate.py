@@ -5,6 +5,8 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 
 from absl import app
 from absl.testing import flagsaver
@@ -171,3 +173,20 @@ def test_main_with_flags(tiny_run, tiny_corpus, tmp_path):
                            f"--output={tmp_path / 'r.json'}"])
     with pytest.raises(app.UsageError, match="exactly one of --input"):
       eval_main.main(["prog"])
+
+
+def test_a_char_model_is_scored_in_a_process_without_keras(tiny_run, tiny_corpus, tmp_path):
+  # The job imports TensorFlow without Keras (dataspec.lean_tensorflow), and
+  # tensorflow_text, which imports Keras, only for bpe/unigram exports.
+  code = ("import json, sys\n"
+          "from generate import eval_main\n"
+          f"eval_main.parse_flags(['prog', '--model_dir={tiny_run[0]}', "
+          f"'--input={tiny_corpus}/doc0.txt', '--output={tmp_path / 'r.json'}'])\n"
+          "eval_main.main(['prog'])\n"
+          "print(json.dumps([m for m in ('keras', 'tensorflow_text') if m in sys.modules]))")
+  env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
+  out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+  assert json.loads((tmp_path / "r.json").read_text())["total"]["files"] == 1
