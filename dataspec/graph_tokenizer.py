@@ -265,11 +265,14 @@ class GraphTokenizer(tf.Module):
 
   # ---- encoding -----------------------------------------------------------
 
-  def encode(self, texts: tf.Tensor) -> tf.RaggedTensor:
+  def encode(self, texts: tf.Tensor, *, normalized: bool = False) -> tf.RaggedTensor:
     """Ids of a batch of UTF-8 strings: int32 ragged (batch, None).
 
     Bytes that are not UTF-8 become U+FFFD first, as Tokenizer.encode_bytes
-    does (the byte tokenizer takes them as they are).
+    does (the byte tokenizer takes them as they are). With `normalized` the
+    texts are tokenizer.encoding_text()'s already: the graph then holds no
+    normalization (its ~460 nodes and Unicode tables cost a generation job
+    15 MB of memory: see LanguageModel.sampler).
     """
     texts = tf.convert_to_tensor(texts, tf.string)
     if self.spec.type == "byte":
@@ -277,7 +280,9 @@ class GraphTokenizer(tf.Module):
       values = tf.reshape(tf.io.decode_raw(pieces.flat_values, tf.uint8), [-1])
       return pieces.with_flat_values(
           tf.cast(values, tf.int32) + tokenizer_lib.NUM_RESERVED)
-    texts = self.normalize(_replace_invalid_utf8(texts))
+    texts = _replace_invalid_utf8(texts)
+    if not normalized:
+      texts = self.normalize(texts)
     if self.spec.is_subword:
       return self._encode_subwords(texts)
     cps = tf.strings.unicode_decode(texts, "UTF-8")  # (batch, None)

@@ -604,7 +604,7 @@ class LanguageModel(tf.Module):
 
   def _generate(self, prompts, prompt_index, sample_index, max_new_tokens,
                 temperature, top_k, top_p, greedy, seed, stop, mode=None,
-                stop_on_eos=None):
+                stop_on_eos=None, normalized_prompts=False):
     # mode: None (the graph picks one of the four decoding loops per call,
     # all four traced) or decoding_mode() of these settings (only its loop);
     # stop_on_eos: None or whether stop holds "<eos>", known when tracing.
@@ -613,7 +613,7 @@ class LanguageModel(tf.Module):
     # state copied to its rows. A row's numbers do not depend on the rows
     # beside it, so this changes no output (tests: whatever the batching).
     distinct, row_prompt = tf.unique(prompts)
-    ids = self.tokenizer.encode(distinct)  # (distinct prompts, None)
+    ids = self.tokenizer.encode(distinct, normalized=normalized_prompts)  # (distinct, None)
     # An empty prompt (or one the tokenizer drops entirely) starts a line.
     start = (self.tokenizer.start_id if self.tokenizer.start_id is not None
              else tokenizer_lib.EOS_ID)
@@ -729,7 +729,7 @@ class LanguageModel(tf.Module):
     return {name: tf.constant(value, specs[name].dtype) for name, value in settings.items()}
 
   def sampler(self, *, temperature: float, top_k: int, top_p: float, greedy: bool,
-              seed: int, stop: Sequence[str]):
+              seed: int, stop: Sequence[str], normalized_prompts: bool = False):
     """generate_samples with these settings fixed, as a tf.function of
     (prompts, prompt_index, sample_index, max_new_tokens): the same outputs,
     but it traces only the decoding loop the settings use, where
@@ -737,7 +737,13 @@ class LanguageModel(tf.Module):
     one per call, and without "<eos>" or stop strings its loop tracks no
     row's end. What a job with fixed settings runs (textgen-generate): the
     other three loops cost a batch-1 process 40 MB more peak memory and its
-    first call twice the time."""
+    first call twice the time.
+
+    With normalized_prompts the prompts must be
+    dataspec.tokenizer.encoding_text()'s (the same normalization, in
+    Python): the function then holds no normalization, whose graph (the
+    default nfc: ~460 nodes, each costing memory when the function first
+    runs) and Unicode tables cost a batch-1 job 15 MB of peak memory."""
     settings = self.setting_inputs(temperature=temperature, top_k=top_k, top_p=top_p,
                                    greedy=greedy, seed=seed, stop=stop)
     mode = decoding_mode(greedy=greedy, top_k=top_k, top_p=top_p, stop=stop)
@@ -745,7 +751,8 @@ class LanguageModel(tf.Module):
     @tf.function(autograph=False, input_signature=self._SAMPLE_ROWS + self._SETTINGS[:1])
     def generate_samples(prompts, prompt_index, sample_index, max_new_tokens):
       return self._generate(prompts, prompt_index, sample_index, max_new_tokens,
-                            mode=mode, stop_on_eos="<eos>" in stop, **settings)
+                            mode=mode, stop_on_eos="<eos>" in stop,
+                            normalized_prompts=normalized_prompts, **settings)
     return generate_samples
 
 

@@ -120,6 +120,12 @@ def _check_choice(name, value, choices):
                      f"{', '.join(choices)})")
 
 
+def encoding_text(text: str, spec: TokenizerSpec) -> str:
+  """The text Tokenizer.encode tokenizes: normalize_text's, or `text` as it
+  is for byte (which sees the raw bytes)."""
+  return text if spec.type == "byte" else normalize_text(text, spec)
+
+
 def normalize_text(text: str, spec: TokenizerSpec) -> str:
   """Applies line-end, Unicode and case normalization of `spec` to `text`."""
   if "\r" in text:

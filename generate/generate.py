@@ -15,6 +15,7 @@ import tensorflow as tf
 from dataspec import export as export_lib
 from dataspec import serving
 from dataspec import storage
+from dataspec import tokenizer as tokenizer_lib
 
 
 @dataclasses.dataclass
@@ -94,15 +95,20 @@ class Generator:
     self.model = serving.LanguageModel(spec, weights, meta.tokenizer_spec, vocab,
                                        precision=config.precision)
     self.training = training
+    self._tokenizer_spec = meta.tokenizer_spec
+    # The prompts are normalized here, in Python (the same function the
+    # graph's normalization is tested against), so the traced function
+    # holds none: 15 MB less peak memory at batch 1 (LanguageModel.sampler).
     self._generate = self.model.sampler(
         temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
-        greedy=config.greedy, seed=config.seed, stop=config.stop)
+        greedy=config.greedy, seed=config.seed, stop=config.stop, normalized_prompts=True)
     self._max_new_tokens = tf.constant(config.max_new_tokens, tf.int32)
 
   def generate_batch(self, items):
     """items: list of (Prompt, sample_index). Returns result dicts."""
     out = self._generate(
-        tf.constant([p.text for p, _ in items]),
+        tf.constant([tokenizer_lib.encoding_text(p.text, self._tokenizer_spec)
+                     for p, _ in items]),
         tf.constant([p.index for p, _ in items], tf.int64),
         tf.constant([s for _, s in items], tf.int64), self._max_new_tokens)
     out = {k: v.numpy() for k, v in out.items()}

@@ -86,6 +86,11 @@ def test_graph_tokenizer_equals_the_python_tokenizer(spec):
   encoded = graph.encode(tf.constant([t.encode("utf-8") for t in texts]))
   for text, ids in zip(texts, encoded):
     assert ids.numpy().tolist() == py.encode(text).tolist(), (spec, text[:60])
+  # normalized in Python first (textgen-generate), none in the graph
+  prepared = graph.encode(tf.constant([T.encoding_text(t, spec).encode("utf-8")
+                                       for t in RANDOM_TEXTS]), normalized=True)
+  for text, ids in zip(RANDOM_TEXTS, prepared):
+    assert ids.numpy().tolist() == py.encode(text).tolist(), (spec, text[:60])
   # decode, and decode of arbitrary ids (reserved ones too)
   rng = np.random.default_rng(0)
   arbitrary = [rng.integers(0, graph.vocab_size, size=n).astype(np.int32)

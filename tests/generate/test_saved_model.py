@@ -77,8 +77,11 @@ SETTINGS = [
     dict(max_new_tokens=40, temperature=1.0, top_k=0, top_p=1.0, greedy=True, seed=0,
          stop=["the"]),
 ]
+# "Cafe\u0301 ...": the job normalizes prompts in Python, the SavedModel in
+# its graph (a decomposed accent, full-width letters for NFKC, a final
+# sigma and capitals for lowercase, a Windows line end).
 PROMPTS = ["ROMEO:", "First Citizen:\nWe are", "To be, or not to be, " * 10, "café ☃",
-           "KING:"]
+           "KING:", "Cafe\u0301 ＡＢＣ ΟΔΟΣ.\r\nAnd"]
 
 
 def _run_clean(script, request, tmp_path):
