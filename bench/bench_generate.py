@@ -8,7 +8,8 @@ each measurement in a fresh process (so peak RSS is its own), interleaved in
 every round:
 
   ours      dataspec.serving.LanguageModel.sampler, what textgen-generate
-            runs (the SavedModel's `generate` with the settings fixed), with
+            runs (the SavedModel's `generate` with the settings fixed and
+            the prompts normalized in Python, not in the graph), with
             sampling on (temperature 1, top-k/top-p off): timed for 1 and for
             --new_tokens new tokens after a 128-token prompt; the difference
             is the decode rate, the first call the prefill (prompt tokens /
@@ -113,15 +114,19 @@ def work_ours(batch, new_tokens, *, precision="float32", signature=False):
 
   lm, texts = model_and_prompts()
   assert len(set(texts)) == batch
-  prompts, one_prompt = tf.constant(texts), tf.constant(texts[:1] * batch)
+  prompts, one_prompt = texts, texts[:1] * batch
   settings = dict(temperature=1.0, top_k=0, top_p=1.0, greedy=False, seed=0, stop=())
   index, zeros = tf.range(batch, dtype=tf.int64), tf.zeros([batch], tf.int64)
   if signature:
     inputs = lm.setting_inputs(**settings)
-    generate = lambda texts, n: lm.generate_samples(texts, index, zeros, n, **inputs)
+    generate = lambda texts, n: lm.generate_samples(tf.constant(texts), index, zeros, n,
+                                                    **inputs)
   else:
-    fixed = lm.sampler(**settings)
-    generate = lambda texts, n: fixed(texts, index, zeros, n)
+    # As textgen-generate: the prompts normalized in Python, none in the graph.
+    fixed = lm.sampler(**settings, normalized_prompts=True)
+    spec = lm.tokenizer.spec
+    generate = lambda texts, n: fixed(
+        tf.constant([tokenizer_lib.encoding_text(t, spec) for t in texts]), index, zeros, n)
 
   def run(n, texts=prompts):
     generate(texts, tf.constant(n))["token_ids"].numpy()
