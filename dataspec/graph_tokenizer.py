@@ -271,7 +271,7 @@ class GraphTokenizer(tf.Module):
     Bytes that are not UTF-8 become U+FFFD first, as Tokenizer.encode_bytes
     does (the byte tokenizer takes them as they are). With `normalized` the
     texts are tokenizer.encoding_text()'s already: the graph then holds no
-    normalization (its ~460 nodes and Unicode tables cost a generation job
+    normalization (its ~600 nodes and Unicode tables cost a generation job
     15 MB of memory: see LanguageModel.sampler).
     """
     texts = tf.convert_to_tensor(texts, tf.string)
