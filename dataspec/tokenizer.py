@@ -242,9 +242,9 @@ class Tokenizer:
 
   def encode(self, text: str) -> np.ndarray:
     """Returns the ids of `text` as an int32 array of shape (num_tokens,)."""
+    text = encoding_text(text, self.spec)
     if self.spec.type == "byte":
       return self.encode_bytes(text.encode("utf-8"))
-    text = normalize_text(text, self.spec)
     if self.subword is not None:
       return self.subword.encode(text)
     if self.spec.type == "char":

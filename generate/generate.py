@@ -95,7 +95,6 @@ class Generator:
     self.model = serving.LanguageModel(spec, weights, meta.tokenizer_spec, vocab,
                                        precision=config.precision)
     self.training = training
-    self._tokenizer_spec = meta.tokenizer_spec
     # The prompts are normalized here, in Python (the same function the
     # graph's normalization is tested against), so the traced function
     # holds none: 15 MB less peak memory at batch 1 (LanguageModel.sampler).
@@ -107,7 +106,7 @@ class Generator:
   def generate_batch(self, items):
     """items: list of (Prompt, sample_index). Returns result dicts."""
     out = self._generate(
-        tf.constant([tokenizer_lib.encoding_text(p.text, self._tokenizer_spec)
+        tf.constant([tokenizer_lib.encoding_text(p.text, self.model.tokenizer.spec)
                      for p, _ in items]),
         tf.constant([p.index for p, _ in items], tf.int64),
         tf.constant([s for _, s in items], tf.int64), self._max_new_tokens)
