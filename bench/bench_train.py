@@ -16,6 +16,12 @@ interleaved in every round (ours, keras, torch, ours, ...):
   torch  PyTorch 2.13 (CPU build): Embedding -> nn.LSTM(2 layers) -> Linear,
          cross-entropy, Adam, batches gathered from the same windows
          (pip install -e '.[bench]').
+  ours_gates
+         ours with the per-step compiled gate ops and TensorFlow's MatMul
+         inside TensorFlow loops instead of the whole-sequence ops (what
+         runs on AVX-512 CPUs and without the AVX2 build; only differs from
+         ours where ours runs the whole-sequence ops, see
+         trainer/lstm_ops.runs_whole_sequences; not measured by default).
   ours_tfops
          ours with the LSTM's gate math as TensorFlow ops instead of the
          compiled ops of trainer/lstm_ops.cc (what runs where they are not
@@ -94,7 +100,8 @@ def flops_per_token(vocab) -> float:
 
 # ---- workers (each in its own process) ---------------------------------------
 
-def work_ours(batch, data_dir, steps, warmup, *, mixed_precision=False, gate_ops=True):
+def work_ours(batch, data_dir, steps, warmup, *, mixed_precision=False, gate_ops=True,
+              sequence_ops=True):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from trainer import config as train_config  # pylint: disable=g-import-not-at-top
   from trainer import fused_lstm  # pylint: disable=g-import-not-at-top
@@ -102,6 +109,8 @@ def work_ours(batch, data_dir, steps, warmup, *, mixed_precision=False, gate_ops
   from trainer import lstm_ops  # pylint: disable=g-import-not-at-top
   from trainer import train  # pylint: disable=g-import-not-at-top
   heap.keep_freed_memory()  # as train.run() does
+  if not sequence_ops or not gate_ops:
+    fused_lstm._sequence_ops = lambda dtype: None  # pylint: disable=protected-access
   if not gate_ops:
     fused_lstm._gate_ops = lambda dtype: None  # pylint: disable=protected-access
   elif lstm_ops.load() is None:
@@ -184,13 +193,14 @@ def work_torch(batch, data_dir, steps, warmup, *, bfloat16=False):
 
 
 WORKERS = {"ours": work_ours, "keras": work_keras, "torch": work_torch,
+           "ours_gates": functools.partial(work_ours, sequence_ops=False),
            "ours_tfops": functools.partial(work_ours, gate_ops=False),
            "ours_bf16": functools.partial(work_ours, mixed_precision=True),
            "ours_bf16_tfops": functools.partial(work_ours, mixed_precision=True,
                                                 gate_ops=False),
            "torch_bf16": functools.partial(work_torch, bfloat16=True)}
 # The ratios printed: each (numerator, denominator) whose both were measured.
-RATIOS = (("ours", "keras"), ("ours", "torch"), ("ours", "ours_tfops"),
+RATIOS = (("ours", "keras"), ("ours", "torch"), ("ours", "ours_gates"), ("ours", "ours_tfops"),
           ("ours_bf16", "torch_bf16"), ("ours_bf16", "ours"),
           ("ours_bf16", "ours_bf16_tfops"))
 

@@ -15,9 +15,11 @@ CPU does what cuDNN and oneDNN do:
             all steps (inputs^T dZ, h_prev^T dZ) and the input gradient one
             (dZ kernel^T), instead of T small ones each.
 
-Each step's gate math runs as one compiled op per direction
-(`trainer/lstm_ops.cc`, float32 and bfloat16) where it is built, else as
-TensorFlow ops.
+Where the compiled ops are built (`trainer/lstm_ops.cc`): in float32 on
+AVX2 CPUs without AVX-512 each direction of a row block's recurrence is one
+op (the per-step products in Eigen, which beat TensorFlow's MatMul there);
+elsewhere, and in bfloat16, each step's gate math is one compiled op per
+direction inside TensorFlow loops. Without them, TensorFlow ops.
 
 The math is Keras's LSTM with its defaults (gates i, f, c, o; sigmoid and
 tanh; c' = f c + i c~, h' = o tanh(c')): tests/trainer/test_fused_lstm.py
@@ -44,6 +46,12 @@ def _gate_ops(dtype):
   return lstm_ops.load() if dtype in (tf.float32, tf.bfloat16) else None
 
 
+def _sequence_ops(dtype):
+  """The compiled whole-sequence ops for float32 where they are the faster
+  path on this CPU (lstm_ops.runs_whole_sequences), else None."""
+  return lstm_ops.sequence_ops() if dtype == tf.float32 else None
+
+
 def _recurrence(xw, recurrent_kernel, h0, c0):
   """Runs the LSTM over time given the input half of every step.
 
@@ -57,6 +65,7 @@ def _recurrence(xw, recurrent_kernel, h0, c0):
   """
 
   ops = _gate_ops(xw.dtype)
+  sequence = _sequence_ops(xw.dtype)
 
   @tf.custom_gradient
   def run(xw, recurrent_kernel, h0, c0):
@@ -77,11 +86,14 @@ def _recurrence(xw, recurrent_kernel, h0, c0):
 
     array = lambda size: tf.TensorArray(xw.dtype, size=size)
     # cs holds c0 first: cs[t] is step t's previous cell state, cs[t + 1] its own.
-    _, h, c, hs, acts, cs = tf.while_loop(
-        lambda t, *_: t < time, step,
-        (tf.constant(0), h0, c0, array(time), array(time), array(time + 1).write(0, c0)))
-    outputs = hs.stack()  # (time, batch, units)
-    acts, cs = acts.stack(), cs.stack()
+    if sequence is not None:
+      outputs, h, c, acts, cs = sequence.textgen_lstm_sequence(xw, recurrent_kernel, h0, c0)
+    else:
+      _, h, c, hs, acts, cs = tf.while_loop(
+          lambda t, *_: t < time, step,
+          (tf.constant(0), h0, c0, array(time), array(time), array(time + 1).write(0, c0)))
+      outputs = hs.stack()  # (time, batch, units)
+      acts, cs = acts.stack(), cs.stack()
 
     def grad(d_outputs, d_h, d_c):
       zeros = lambda d, like: tf.zeros_like(like) if d is None else tf.convert_to_tensor(d)
@@ -103,9 +115,13 @@ def _recurrence(xw, recurrent_kernel, h0, c0):
                         dh * tc * o * (1.0 - o)], 1)  # (batch, 4 units)
         return k + 1, tf.matmul(dz, recurrent_t), dc * f, dzs.write(t, dz)
 
-      _, dh0, dc0, dzs = tf.while_loop(
-          lambda k, *_: k < time, back, (tf.constant(0), d_h, d_c, array(time)))
-      dz = dzs.stack()  # (time, batch, 4 units) = d xw
+      if sequence is not None:
+        dz, dh0, dc0 = sequence.textgen_lstm_sequence_grad(
+            d_outputs, d_h, d_c, acts, cs, recurrent_kernel)
+      else:
+        _, dh0, dc0, dzs = tf.while_loop(
+            lambda k, *_: k < time, back, (tf.constant(0), d_h, d_c, array(time)))
+        dz = dzs.stack()  # (time, batch, 4 units) = d xw
       # h_prev^T dz over all steps, without building h_prev = [h0, outputs[:-1]].
       flat = lambda x, width: tf.reshape(x, [-1, width])
       d_recurrent = (tf.matmul(flat(outputs[:-1], units), flat(dz[1:], 4 * units),

@@ -1,8 +1,11 @@
-"""The LSTM's gate math as compiled TensorFlow CPU ops: build and load.
+"""The LSTM's recurrence as compiled TensorFlow CPU ops: build and load.
 
-`trainer/lstm_ops.cc` holds two ops (the forward gate math of one time step
-and its gradient) that `fused_lstm` runs inside its loops in place of a
-dozen (forward) and some thirty (backward) TensorFlow ops per step. They are
+`trainer/lstm_ops.cc` holds two pairs of ops (each a forward and its
+gradient): the gate math of one time step, which `fused_lstm` runs inside
+its loops in place of a dozen (forward) and some thirty (backward)
+TensorFlow ops per step, and a layer's whole recurrence over time with the
+recurrent products in Eigen, which replaces the loops where that measured
+faster (`runs_whole_sequences`). They are
 a C++ library built against the installed TensorFlow, whose C++ ABI changes
 with every release, so they are compiled on the machine that installs the
 project, not shipped:
@@ -26,7 +29,7 @@ import platform
 import subprocess
 import sys
 import tempfile
-from typing import List
+from typing import FrozenSet, List
 
 from absl import app
 from absl import flags
@@ -112,10 +115,9 @@ def build(*, force: bool = False) -> List[str]:
 
 
 @functools.cache
-def load():
-  """The ops module (`textgen_lstm_gates`, `textgen_lstm_gates_grad`) of the
-  best built variant this CPU runs, or None (after one warning) if there is
-  none: the caller then runs TensorFlow's own ops."""
+def _load():
+  """(variant, ops module) of the best built variant this CPU runs, or
+  (None, None) after one warning."""
   for variant in variants():
     path = library_path(variant)
     if not cpu_runs(variant) or not os.path.exists(path):
@@ -124,14 +126,43 @@ def load():
       ops = tf.load_op_library(path)
     except (tf.errors.NotFoundError, tf.errors.AlreadyExistsError, OSError) as e:
       logging.warning("Could not load %s (%s): the CPU LSTM runs TensorFlow's own ops", path, e)
-      return None
+      return None, None
     logging.info("LSTM gate ops: %s", path)
-    return ops
+    return variant, ops
   logging.warning(
       "LSTM gate ops not built for TensorFlow %s on this CPU (trainer/lstm_ops.py): the "
       "CPU LSTM runs TensorFlow's own ops, 1.1-1.4x slower. Build them with "
       "`python -m trainer.lstm_ops` (needs g++).", tf.__version__)
-  return None
+  return None, None
+
+
+def load():
+  """The ops module (`textgen_lstm_gates`, `textgen_lstm_gates_grad`,
+  `textgen_lstm_sequence`, `textgen_lstm_sequence_grad`) of the best built
+  variant this CPU runs, or None (after one warning) if there is none: the
+  caller then runs TensorFlow's own ops."""
+  return _load()[1]
+
+
+def runs_whole_sequences(variant: str, flags_here: FrozenSet[str]) -> bool:
+  """Whether the whole-sequence ops (whose recurrent product is Eigen's, in
+  the library's instruction set) beat TensorFlow's MatMul here: the AVX2
+  build on a CPU without AVX-512. There TensorFlow's MatMul (oneDNN) ran the
+  step's (rows, units) x (units, 4 units) product at 44 GFLOP/s on one core
+  and Eigen's at 74-89 (AMD EPYC, 2026-12-02). On AVX-512 CPUs oneDNN uses
+  512-bit vectors (and AMX) that an AVX2 build does not: there the trainer
+  keeps TensorFlow's MatMul and the per-step gate ops, as measured on the
+  Xeon VM. The plain x86-64 build (SSE2) and other architectures likewise."""
+  return variant == "x86-64-v3" and "avx512f" not in flags_here
+
+
+def sequence_ops():
+  """The ops module if the trainer should run whole sequences in it
+  (`runs_whole_sequences`), else None."""
+  variant, ops = _load()
+  if ops is None or not runs_whole_sequences(variant, cpu_flags()):
+    return None
+  return ops
 
 
 FLAGS = flags.FlagValues()

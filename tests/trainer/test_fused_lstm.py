@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from dataspec import export as export_lib
 from trainer import fused_lstm
+from trainer import lstm_ops
 from trainer import model as model_lib
 
 
@@ -34,16 +35,30 @@ def _run(layer, x, h0, c0, d_out):
   return [outputs, h, c] + grads
 
 
-@pytest.mark.parametrize("gate_ops", ["compiled", "tensorflow"])
-@pytest.mark.parametrize("batch,parts", [(8, 1), (7, 3), (1, 2)])
-def test_outputs_and_gradients_equal_keras_lstm(batch, parts, gate_ops, monkeypatch):
-  """Both forms of the gate math: the compiled ops (trainer/lstm_ops.cc)
-  and TensorFlow's ops (where they are not built)."""
-  monkeypatch.setattr(fused_lstm.CpuLSTM, "parts", property(lambda self: parts))
-  if gate_ops == "tensorflow":
-    monkeypatch.setattr(fused_lstm, "_gate_ops", lambda dtype: None)
+def _use(ops, monkeypatch):
+  """Makes the fused loop run `ops`: "sequence" (the compiled whole-sequence
+  ops, whichever CPU runs the test), "gates" (the compiled per-step gate
+  ops with TensorFlow's MatMul) or "tensorflow" (no compiled ops)."""
+  if ops == "sequence":
+    assert lstm_ops.load() is not None, "python -m trainer.lstm_ops"
+    monkeypatch.setattr(fused_lstm, "_sequence_ops",
+                        lambda dtype: lstm_ops.load() if dtype == tf.float32 else None)
   else:
+    monkeypatch.setattr(fused_lstm, "_sequence_ops", lambda dtype: None)
+  if ops == "tensorflow":
+    monkeypatch.setattr(fused_lstm, "_gate_ops", lambda dtype: None)
+  elif ops == "gates":
     assert fused_lstm._gate_ops(tf.float32) is not None, "python -m trainer.lstm_ops"
+
+
+@pytest.mark.parametrize("ops", ["sequence", "gates", "tensorflow"])
+@pytest.mark.parametrize("batch,parts", [(8, 1), (7, 3), (1, 2)])
+def test_outputs_and_gradients_equal_keras_lstm(batch, parts, ops, monkeypatch):
+  """All three forms of the recurrence: the compiled whole-sequence ops, the
+  compiled per-step gate ops (trainer/lstm_ops.cc) and TensorFlow's ops
+  (where they are not built)."""
+  monkeypatch.setattr(fused_lstm.CpuLSTM, "parts", property(lambda self: parts))
+  _use(ops, monkeypatch)
   reference, fused = _pair()
   rng = np.random.default_rng(batch)
   x = tf.constant(rng.normal(size=(batch, 13, 10)), tf.float32)
@@ -76,15 +91,15 @@ def test_fused_path_is_what_runs():
     fused_lstm.lstm_sequence = original
 
 
-@pytest.mark.parametrize("gate_ops", ["compiled", "tensorflow"])
+@pytest.mark.parametrize("ops", ["sequence", "tensorflow"])
 @pytest.mark.parametrize("dtype,atol", [(tf.float16, 5e-3), (tf.bfloat16, 2e-2)])
-def test_16_bit_inputs_as_under_mixed_precision(dtype, atol, gate_ops, monkeypatch):
+def test_16_bit_inputs_as_under_mixed_precision(dtype, atol, ops, monkeypatch):
   """mixed_float16 (GPU policy, here for tests) and mixed_bfloat16 (the
   CPU's): the fused loop runs in the inputs' dtype; outputs and gradients
   (to the float32 weights) close to float32's. (float16 has no compiled
-  ops: both cases run TensorFlow's.)"""
-  if gate_ops == "tensorflow":
-    monkeypatch.setattr(fused_lstm, "_gate_ops", lambda dtype: None)
+  ops: both cases run TensorFlow's; the whole-sequence ops are float32's
+  only, so bfloat16 runs the per-step gate ops.)"""
+  _use(ops, monkeypatch)
   reference, fused = _pair()
   x = tf.random.normal((4, 9, 10), seed=1)
   h0 = tf.zeros((4, 24))

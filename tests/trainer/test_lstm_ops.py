@@ -90,9 +90,86 @@ def test_ops_reject_mismatched_shapes():
                                 tf.zeros([3, 3]), tf.zeros([2, 3]))
 
 
-def test_the_trainers_loop_runs_the_ops():
-  """The CPU LSTM's traced loops contain the compiled ops in float32 and
-  bfloat16, and TensorFlow's ops in float16 (which the ops do not take)."""
+def _reference_sequence(xw, kernel, h0, c0):
+  """The recurrence step by step in TensorFlow's ops: outputs, h, c."""
+  h, c, outputs = h0, c0, []
+  for t in range(xw.shape[0]):
+    h, c, _ = _reference_forward(xw[t], tf.matmul(h, kernel), c)
+    outputs.append(h)
+  return tf.stack(outputs) if outputs else tf.zeros([0, *h0.shape]), h, c
+
+
+@pytest.mark.parametrize("time,rows,units", [(0, 2, 3), (1, 1, 1), (6, 3, 7), (4, 32, 256),
+                                             (5, 0, 4)])
+def test_sequence_ops_match_tensorflow_ops(time, rows, units):
+  """The whole-sequence ops: outputs and final state against the step-by-
+  step recurrence, the kept acts and cs against the per-step gate op, and
+  the gradient op's d xw, dh0, dc0 against TensorFlow's autodiff."""
+  ops = _ops()
+  rng = np.random.default_rng(time * 1000 + rows * 10 + units)
+  normal = lambda scale, *shape: tf.constant(rng.normal(0, scale, shape), tf.float32)
+  xw, kernel = normal(2, time, rows, 4 * units), normal(0.3, units, 4 * units)
+  h0, c0 = normal(1, rows, units), normal(1, rows, units)
+  outputs, h, c, acts, cs = ops.textgen_lstm_sequence(xw, kernel, h0, c0)
+  for got, want in zip((outputs, h, c), _reference_sequence(xw, kernel, h0, c0)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(cs[0], c0)
+  h_prev = tf.concat([h0[None], outputs[:-1]], 0)
+  for t in range(time):
+    _, c_t, act_t = ops.textgen_lstm_gates(xw[t], tf.matmul(h_prev[t], kernel), cs[t])
+    # (Eigen's and TensorFlow's products sum in different orders)
+    np.testing.assert_allclose(acts[t], act_t, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(cs[t + 1], c_t, rtol=1e-5, atol=1e-5)
+
+  d_outputs, d_h, d_c = normal(1, time, rows, units), normal(1, rows, units), normal(1, rows, units)
+  with tf.GradientTape() as tape:
+    tape.watch([xw, h0, c0])
+    want_outputs, want_h, want_c = _reference_sequence(xw, kernel, h0, c0)
+    loss = (tf.reduce_sum(want_outputs * d_outputs) + tf.reduce_sum(want_h * d_h)
+            + tf.reduce_sum(want_c * d_c))
+  dz, dh0, dc0 = ops.textgen_lstm_sequence_grad(d_outputs, d_h, d_c, acts, cs, kernel)
+  want = tape.gradient(loss, [xw, h0, c0], unconnected_gradients=tf.UnconnectedGradients.ZERO)
+  for name, got, w in zip(("dz", "dh0", "dc0"), (dz, dh0, dc0), want):
+    np.testing.assert_allclose(got, w, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def test_sequence_ops_reject_mismatched_shapes():
+  ops = _ops()
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r"\(time, rows, 4 units\)"):
+    ops.textgen_lstm_sequence(tf.zeros([2, 12]), tf.zeros([3, 12]), tf.zeros([2, 3]),
+                              tf.zeros([2, 3]))
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r"recurrent_kernel must be .* \(3, 12\)"):
+    ops.textgen_lstm_sequence(tf.zeros([4, 2, 12]), tf.zeros([12, 3]), tf.zeros([2, 3]),
+                              tf.zeros([2, 3]))
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r"\(rows, 4 units\) = \(2, 12\)"):
+    ops.textgen_lstm_sequence(tf.zeros([4, 2, 10]), tf.zeros([3, 12]), tf.zeros([2, 3]),
+                              tf.zeros([2, 3]))
+  acts, cs = tf.zeros([4, 2, 12]), tf.zeros([5, 2, 3])
+  with pytest.raises(tf.errors.InvalidArgumentError, match="d_outputs must be"):
+    ops.textgen_lstm_sequence_grad(tf.zeros([3, 2, 3]), tf.zeros([2, 3]), tf.zeros([2, 3]),
+                                   acts, cs, tf.zeros([3, 12]))
+  with pytest.raises(tf.errors.InvalidArgumentError, match="cs must be"):
+    ops.textgen_lstm_sequence_grad(tf.zeros([4, 2, 3]), tf.zeros([2, 3]), tf.zeros([2, 3]),
+                                   acts, cs[1:], tf.zeros([3, 12]))
+
+
+def test_whole_sequences_only_where_they_were_measured_faster():
+  """The AVX2 build on a CPU without AVX-512 (where TensorFlow's MatMul uses
+  wider vectors than the library's): see lstm_ops.runs_whole_sequences."""
+  avx2 = frozenset("fpu sse2 avx avx2 fma".split())
+  assert lstm_ops.runs_whole_sequences("x86-64-v3", avx2)
+  assert not lstm_ops.runs_whole_sequences("x86-64-v3", avx2 | {"avx512f"})
+  assert not lstm_ops.runs_whole_sequences("x86-64", avx2)
+  assert not lstm_ops.runs_whole_sequences("", frozenset())
+
+
+@pytest.mark.parametrize("sequence", [True, False])
+def test_the_trainers_loop_runs_the_ops(sequence, monkeypatch):
+  """The CPU LSTM's traced function holds the compiled ops: the whole-
+  sequence ops in float32 where they are selected, else the per-step gate
+  ops; the gate ops in bfloat16; TensorFlow's ops in float16 (which the ops
+  do not take)."""
+  monkeypatch.setattr(lstm_ops, "sequence_ops", lambda: _ops() if sequence else None)
   layer = fused_lstm.CpuLSTM(8, return_sequences=True)
   layer.build((None, None, 4))
 
@@ -112,10 +189,13 @@ def test_the_trainers_loop_runs_the_ops():
     return types
 
   _ops()
-  ours = {"TextgenLstmGates", "TextgenLstmGatesGrad"}
-  assert ours <= op_types(tf.float32)
-  assert ours <= op_types(tf.bfloat16)
-  assert not ours & op_types(tf.float16)
+  gates = {"TextgenLstmGates", "TextgenLstmGatesGrad"}
+  sequences = {"TextgenLstmSequence", "TextgenLstmSequenceGrad"}
+  float32 = op_types(tf.float32)
+  assert (sequences <= float32 and not gates & float32) if sequence else (
+      gates <= float32 and not sequences & float32)
+  assert gates <= op_types(tf.bfloat16) and not sequences & op_types(tf.bfloat16)
+  assert not (gates | sequences) & op_types(tf.float16)
 
 
 def test_cpu_feature_check(tmp_path):
@@ -164,7 +244,7 @@ def test_without_a_built_library_the_trainer_uses_tensorflow_ops(tmp_path, monke
   monkeypatch.setattr(lstm_ops, "_DIR", str(tmp_path))
   warnings = []
   monkeypatch.setattr(lstm_ops.logging, "warning", lambda msg, *a: warnings.append(msg % a))
-  assert lstm_ops.load.__wrapped__() is None
+  assert lstm_ops._load.__wrapped__() == (None, None)
   assert "python -m trainer.lstm_ops" in warnings[0]
 
 
