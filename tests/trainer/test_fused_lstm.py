@@ -71,6 +71,25 @@ def test_outputs_and_gradients_equal_keras_lstm(batch, parts, ops, monkeypatch):
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=2e-5, atol=2e-5, err_msg=name)
 
 
+def test_row_blocks_per_core_by_batch(monkeypatch):
+  """One row block per core; two per core where each keeps MIN_BLOCK_ROWS
+  rows; the traced layer runs that many recurrences."""
+  monkeypatch.setattr(fused_lstm.CpuLSTM, "parts", property(lambda self: 2))
+  monkeypatch.setattr(fused_lstm, "MIN_BLOCK_ROWS", 3)
+  _use("sequence", monkeypatch)
+  layer = fused_lstm.CpuLSTM(8, return_sequences=True)
+  layer.build((None, None, 4))
+  assert [layer.parts_for(rows) for rows in (None, 1, 2, 11, 12, 100)] == [2, 2, 2, 2, 4, 4]
+
+  def recurrences(batch):
+    graph = tf.function(layer).get_concrete_function(tf.TensorSpec([batch, 5, 4])).graph
+    nodes = list(graph.as_graph_def().node) + [
+        n for f in graph.as_graph_def().library.function for n in f.node_def]
+    return sum(n.op == "TextgenLstmSequence" for n in nodes)
+
+  assert [recurrences(batch) for batch in (None, 11, 12)] == [2, 2, 4]
+
+
 def test_fused_path_is_what_runs():
   """The fused loop (not Keras's fallback) runs for the trainer's layers, and a
   mask falls back to Keras's loop with the same result."""
