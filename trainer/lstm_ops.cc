@@ -6,8 +6,9 @@
 // matrix product on the calling thread (the trainer already runs one row
 // block per core). On the 2-core AMD EPYC (AVX2) VM, one core: Eigen's
 // product at the step's shapes (32-128, 256) x (256, 1024) ran at 74-89
-// GFLOP/s, TensorFlow's MatMul (oneDNN) at 44; the trainer 1.05-1.18x
-// faster than with the per-step ops below (2026-12-02). Selected only where
+// GFLOP/s, TensorFlow's MatMul (oneDNN) at 44; the trainer 1.05-1.27x
+// faster than with the per-step ops below (three runs, 2026-12-02; README
+// "Training" under Benchmarks). Selected only where
 // that was measured: the AVX2 build on CPUs without AVX-512
 // (lstm_ops.runs_whole_sequences).
 //
