@@ -156,9 +156,11 @@ def runs_whole_sequences(variant: str, flags_here: FrozenSet[str]) -> bool:
   return variant == "x86-64-v3" and "avx512f" not in flags_here
 
 
+@functools.cache
 def sequence_ops():
   """The ops module if the trainer should run whole sequences in it
-  (`runs_whole_sequences`), else None."""
+  (`runs_whole_sequences`), else None. Cached like `_load`: every traced
+  row block asks, and the answer cannot change within a process."""
   variant, ops = _load()
   if ops is None or not runs_whole_sequences(variant, cpu_flags()):
     return None
