@@ -90,8 +90,10 @@ def work_ours(batch, new_tokens, *, precision="float32", signature=False):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from dataspec import export as export_lib  # pylint: disable=g-import-not-at-top
   from dataspec import serving  # pylint: disable=g-import-not-at-top
+  from dataspec import tf_allocator  # pylint: disable=g-import-not-at-top
   from dataspec import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   from dataspec import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  tf_allocator.use_bfc_allocator()  # as textgen-generate does, before any op
   start_rss = machine.peak_rss_mb()
 
   def model_and_prompts():

@@ -26,6 +26,10 @@ interleaved in every round (ours, keras, torch, ours, ...):
          ours with the LSTM's gate math as TensorFlow ops instead of the
          compiled ops of trainer/lstm_ops.cc (what runs where they are not
          built; ours needs them built: python -m trainer.lstm_ops).
+  ours_malloc, keras_bfc (not measured by default)
+         ours with TensorFlow's default CPU allocator (malloc) instead of
+         the BFC allocator the trainer asks for (dataspec/tf_allocator.py);
+         plain Keras with the BFC allocator.
   ours_bf16, torch_bf16 (and ours_bf16_tfops, not measured by default)
          the same two in bfloat16 mixed precision (float32 weights and
          loss): ours with --mixed_precision (mixed_bfloat16 on a CPU),
@@ -101,14 +105,18 @@ def flops_per_token(vocab) -> float:
 # ---- workers (each in its own process) ---------------------------------------
 
 def work_ours(batch, data_dir, steps, warmup, *, mixed_precision=False, gate_ops=True,
-              sequence_ops=True):
+              sequence_ops=True, bfc=True):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from dataspec import tf_allocator  # pylint: disable=g-import-not-at-top
   from trainer import config as train_config  # pylint: disable=g-import-not-at-top
   from trainer import fused_lstm  # pylint: disable=g-import-not-at-top
   from trainer import heap  # pylint: disable=g-import-not-at-top
   from trainer import lstm_ops  # pylint: disable=g-import-not-at-top
   from trainer import train  # pylint: disable=g-import-not-at-top
-  heap.keep_freed_memory()  # as train.run() does
+  heap.keep_freed_memory()  # as train.run() does, and before any op:
+  if not bfc:
+    os.environ[tf_allocator.BFC_ENV] = "false"
+  tf_allocator.use_bfc_allocator()
   if not sequence_ops or not gate_ops:
     fused_lstm._sequence_ops = lambda dtype: None  # pylint: disable=protected-access
   if not gate_ops:
@@ -130,7 +138,10 @@ def work_ours(batch, data_dir, steps, warmup, *, mixed_precision=False, gate_ops
   return elapsed
 
 
-def work_keras(batch, data_dir, steps, warmup):
+def work_keras(batch, data_dir, steps, warmup, *, bfc=False):
+  if bfc:
+    from dataspec import tf_allocator  # pylint: disable=g-import-not-at-top
+    tf_allocator.use_bfc_allocator()  # before any op
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   windows = np.load(os.path.join(data_dir, "windows.npy"))
@@ -195,12 +206,15 @@ def work_torch(batch, data_dir, steps, warmup, *, bfloat16=False):
 WORKERS = {"ours": work_ours, "keras": work_keras, "torch": work_torch,
            "ours_gates": functools.partial(work_ours, sequence_ops=False),
            "ours_tfops": functools.partial(work_ours, gate_ops=False),
+           "ours_malloc": functools.partial(work_ours, bfc=False),
+           "keras_bfc": functools.partial(work_keras, bfc=True),
            "ours_bf16": functools.partial(work_ours, mixed_precision=True),
            "ours_bf16_tfops": functools.partial(work_ours, mixed_precision=True,
                                                 gate_ops=False),
            "torch_bf16": functools.partial(work_torch, bfloat16=True)}
 # The ratios printed: each (numerator, denominator) whose both were measured.
 RATIOS = (("ours", "keras"), ("ours", "torch"), ("ours", "ours_gates"), ("ours", "ours_tfops"),
+          ("ours", "ours_malloc"), ("ours", "keras_bfc"),
           ("ours_bf16", "torch_bf16"), ("ours_bf16", "ours"),
           ("ours_bf16", "ours_bf16_tfops"))
 

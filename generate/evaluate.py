@@ -34,6 +34,7 @@ from dataspec import paths
 from dataspec import serving
 from dataspec import storage
 from dataspec import textfiles
+from dataspec import tf_allocator
 
 READ_BYTES = 1 << 20  # bytes read from a document at a time
 MAX_LINE_BYTES = 16 << 20  # a longer line is cut at a character boundary
@@ -318,6 +319,7 @@ def score_documents(model, docs: List[Document], *, batch_size: int, chunk_token
 
 def run(config) -> dict:
   """Scores the documents of `config` and writes the report; returns it."""
+  tf_allocator.use_bfc_allocator()  # before any op
   logging.info("The config:\n%s", json.dumps(config.to_json_dict(), indent=2))
   storage.check_bucket(config.model_dir)
   export_dir = export_lib.find_export(config.model_dir)
@@ -372,4 +374,5 @@ def run(config) -> dict:
   if skipped:
     logging.warning("Skipped %d file(s): %s", len(skipped),
                     ", ".join(f"{s['path']} ({s['reason']})" for s in skipped))
+  tf_allocator.log_peak()
   return report

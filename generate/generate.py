@@ -15,6 +15,7 @@ import tensorflow as tf
 from dataspec import export as export_lib
 from dataspec import serving
 from dataspec import storage
+from dataspec import tf_allocator
 from dataspec import tokenizer as tokenizer_lib
 
 
@@ -123,6 +124,7 @@ class Generator:
 
 def run(config) -> Optional[str]:
   """Generates this shard's samples; returns the output path."""
+  tf_allocator.use_bfc_allocator()  # before any op
   logging.info("The config:\n%s", json.dumps(config.to_json_dict(), indent=2))
   storage.check_bucket(config.model_dir)
   export_dir = export_lib.find_export(config.model_dir)
@@ -158,4 +160,5 @@ def run(config) -> Optional[str]:
       f.writelines(l + "\n" for l in lines)
     os.replace(tmp, output)
   logging.info("Wrote %d samples to %s", len(lines), output)
+  tf_allocator.log_peak()
   return output

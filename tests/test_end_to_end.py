@@ -22,6 +22,8 @@ def test_chain_on_a_tiny_corpus(tmp_path):
                        env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "Validation loss" in out.stdout and "Done in" in out.stdout
+  # train, generate and evaluate each took their tensors from the BFC allocator
+  assert out.stderr.count("Peak memory of TensorFlow's CPU tensors") == 3, out.stderr[-3000:]
   rows = [json.loads(l) for l in open(run / "samples.jsonl")]
   assert len(rows) == 6  # 3 prompts x 2 samples
   assert {r["prompt"] for r in rows} == {"ROMEO:", "First Citizen:", "KING HENRY:"}

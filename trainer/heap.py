@@ -13,7 +13,9 @@ still came back through munmap); M_MMAP_MAX = 0 does: every allocation then
 comes from the heap, which glibc trims when its top is free.
 
 Generation measured no gain (its tensors are smaller or reused), so only the
-trainer calls this.
+trainer calls this. The heap's top is still trimmed when it is free, which
+frees pages the next step faults in again: the trainer also takes its
+tensors from TensorFlow's BFC allocator (dataspec/tf_allocator.py).
 """
 
 import ctypes

@@ -19,6 +19,7 @@ from dataspec import metadata as metadata_lib
 from dataspec import paths
 from dataspec import serving
 from dataspec import storage
+from dataspec import tf_allocator
 from dataspec import vocab as vocab_lib
 from trainer import checkpoints
 from trainer import cluster
@@ -601,9 +602,11 @@ def _format_seconds(seconds: float) -> str:
 def run(config) -> dict:
   logging.info("The config:\n%s", json.dumps(config.to_json_dict(), indent=2))
   heap.keep_freed_memory()
+  tf_allocator.use_bfc_allocator()  # before any op
   trainer = Trainer(config)
   try:
     return trainer.run()
   finally:
     trainer.store.close()
     trainer.best_store.close()
+    tf_allocator.log_peak()
