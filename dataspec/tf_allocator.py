@@ -10,11 +10,12 @@ faults and 24 ms with none (2-core AMD EPYC VM, 2026-12-02). TensorFlow's
 best-fit-with-coalescing (BFC) allocator, the one it uses on GPUs, serves
 CPU tensors too when TF_CPU_ALLOCATOR_USE_BFC is set: it keeps what it took
 from the C heap and hands the same memory to the next step. Measured with
-it on the same VM, 2 or 3 alternating rounds each: training 1.05x tokens/s
-at batch 256 and 1.06x at 64 with 7% less peak RSS (plain Keras's
-`model.fit`, whose per-step tensors are small, did not change); the
-generation job's prefill of 256 prompts 1.20x, its decoding 1.00x; the
-evaluation job 1.04x and 1.18x (two rounds, a 2x256 model).
+it on the same VM, 2 or 3 alternating rounds each: training 1.07x tokens/s
+at batch 64 and 256 with 11% and 7% less peak anonymous memory
+(bench_train.py's ours against ours_malloc; plain Keras's `model.fit`,
+whose per-step tensors are small, did not change); the generation job's
+prefill of 256 prompts 1.20x, its decoding 1.00x; the evaluation job 1.04x
+and 1.18x (two rounds, a 2x256 model).
 
 TensorFlow reads the variable when it creates its CPU allocator, at the
 first op, so the jobs call `use_bfc_allocator` before they run any.
