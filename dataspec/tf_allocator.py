@@ -18,7 +18,9 @@ prefill of 256 prompts 1.20x, its decoding 1.00x; the evaluation job 1.04x
 and 1.18x (two rounds, a 2x256 model).
 
 TensorFlow reads the variable when it creates its CPU allocator, at the
-first op, so the jobs call `use_bfc_allocator` before they run any.
+first op, so the jobs call `use_bfc_allocator` before they run any. The
+allocator grows as the job needs, up to TF_CPU_BFC_MEM_LIMIT_IN_MB (64 GB
+unless set), and never hands memory back: a job's peak is what it keeps.
 """
 
 import os
