@@ -26,6 +26,11 @@ interleaved in every round (ours, keras, torch, ours, ...):
          ours with the LSTM's gate math as TensorFlow ops instead of the
          compiled ops of trainer/lstm_ops.cc (what runs where they are not
          built; ours needs them built: python -m trainer.lstm_ops).
+  ours_tfmatmul (not measured by default)
+         ours with TensorFlow's MatMul for the row blocks' big products
+         (input GEMM, weight and input gradients) instead of TextgenMatMul
+         (trainer/fused_lstm._matmul); only differs where the whole-sequence
+         ops run.
   ours_malloc, keras_bfc (not measured by default)
          ours with TensorFlow's default CPU allocator (malloc) instead of
          the BFC allocator the trainer asks for (dataspec/tf_allocator.py);
@@ -105,7 +110,7 @@ def flops_per_token(vocab) -> float:
 # ---- workers (each in its own process) ---------------------------------------
 
 def work_ours(batch, data_dir, steps, warmup, *, mixed_precision=False, gate_ops=True,
-              sequence_ops=True, bfc=True):
+              sequence_ops=True, bfc=True, matmul_ops=True):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from dataspec import tf_allocator  # pylint: disable=g-import-not-at-top
   from trainer import config as train_config  # pylint: disable=g-import-not-at-top
@@ -119,6 +124,8 @@ def work_ours(batch, data_dir, steps, warmup, *, mixed_precision=False, gate_ops
   tf_allocator.use_bfc_allocator()
   if not sequence_ops or not gate_ops:
     fused_lstm._sequence_ops = lambda dtype: None  # pylint: disable=protected-access
+  if not matmul_ops:
+    fused_lstm._matmul_ops = lambda dtype: None  # pylint: disable=protected-access
   if not gate_ops:
     fused_lstm._gate_ops = lambda dtype: None  # pylint: disable=protected-access
   elif lstm_ops.load() is None:
@@ -207,6 +214,7 @@ WORKERS = {"ours": work_ours, "keras": work_keras, "torch": work_torch,
            "ours_gates": functools.partial(work_ours, sequence_ops=False),
            "ours_tfops": functools.partial(work_ours, gate_ops=False),
            "ours_malloc": functools.partial(work_ours, bfc=False),
+           "ours_tfmatmul": functools.partial(work_ours, matmul_ops=False),
            "keras_bfc": functools.partial(work_keras, bfc=True),
            "ours_bf16": functools.partial(work_ours, mixed_precision=True),
            "ours_bf16_tfops": functools.partial(work_ours, mixed_precision=True,
@@ -214,7 +222,7 @@ WORKERS = {"ours": work_ours, "keras": work_keras, "torch": work_torch,
            "torch_bf16": functools.partial(work_torch, bfloat16=True)}
 # The ratios printed: each (numerator, denominator) whose both were measured.
 RATIOS = (("ours", "keras"), ("ours", "torch"), ("ours", "ours_gates"), ("ours", "ours_tfops"),
-          ("ours", "ours_malloc"), ("ours", "keras_bfc"),
+          ("ours", "ours_malloc"), ("ours", "ours_tfmatmul"), ("ours", "keras_bfc"),
           ("ours_bf16", "torch_bf16"), ("ours_bf16", "ours"),
           ("ours_bf16", "ours_bf16_tfops"))
 

@@ -5,7 +5,8 @@ gradient): the gate math of one time step, which `fused_lstm` runs inside
 its loops in place of a dozen (forward) and some thirty (backward)
 TensorFlow ops per step, and a layer's whole recurrence over time with the
 recurrent products in Eigen, which replaces the loops where that measured
-faster (`runs_whole_sequences`). They are
+faster (`runs_whole_sequences`); there a row block's big products also run
+in Eigen on one core (TextgenMatMul, its gradient registered here). They are
 a C++ library built against the installed TensorFlow, whose C++ ABI changes
 with every release, so they are compiled on the machine that installs the
 project, not shipped:
@@ -138,10 +139,27 @@ def _load():
 
 def load():
   """The ops module (`textgen_lstm_gates`, `textgen_lstm_gates_grad`,
-  `textgen_lstm_sequence`, `textgen_lstm_sequence_grad`) of the best built
+  `textgen_lstm_sequence`, `textgen_lstm_sequence_grad`, `textgen_mat_mul`) of the best built
   variant this CPU runs, or None (after one warning) if there is none: the
   caller then runs TensorFlow's own ops."""
   return _load()[1]
+
+
+@tf.RegisterGradient("TextgenMatMul")
+def _mat_mul_grad(op, grad):
+  """TextgenMatMul's gradient, in TextgenMatMul itself (TensorFlow's MatMul
+  gradient with the same transposes)."""
+  mat_mul = load().textgen_mat_mul
+  a, b = op.inputs
+  transpose_a, transpose_b = op.get_attr("transpose_a"), op.get_attr("transpose_b")
+  if not transpose_a and not transpose_b:
+    return (mat_mul(grad, b, transpose_b=True), mat_mul(a, grad, transpose_a=True))
+  if not transpose_a:
+    return (mat_mul(grad, b), mat_mul(grad, a, transpose_a=True))
+  if not transpose_b:
+    return (mat_mul(b, grad, transpose_b=True), mat_mul(a, grad))
+  return (mat_mul(b, grad, transpose_a=True, transpose_b=True),
+          mat_mul(grad, a, transpose_a=True, transpose_b=True))
 
 
 def runs_whole_sequences(variant: str, flags_here: FrozenSet[str]) -> bool:

@@ -153,6 +153,37 @@ def test_sequence_ops_reject_mismatched_shapes():
                                    acts, cs[1:], tf.zeros([3, 12]))
 
 
+@pytest.mark.parametrize("transpose_a", [False, True])
+@pytest.mark.parametrize("transpose_b", [False, True])
+@pytest.mark.parametrize("m,k,n", [(5, 7, 3), (0, 4, 3), (4, 0, 3), (33, 65, 17)])
+def test_mat_mul_matches_tensorflow(m, k, n, transpose_a, transpose_b):
+  """TextgenMatMul and its registered gradient against tf.matmul's, with
+  either operand transposed, and empty products."""
+  ops = _ops()
+  rng = np.random.default_rng(m * 100 + k)
+  a = tf.constant(rng.normal(size=(k, m) if transpose_a else (m, k)), tf.float32)
+  b = tf.constant(rng.normal(size=(n, k) if transpose_b else (k, n)), tf.float32)
+  weights = tf.constant(rng.normal(size=(m, n)), tf.float32)
+  results = []
+  for mat_mul in (ops.textgen_mat_mul, tf.matmul):
+    with tf.GradientTape() as tape:
+      tape.watch([a, b])
+      product = mat_mul(a, b, transpose_a=transpose_a, transpose_b=transpose_b)
+      loss = tf.reduce_sum(product * weights)
+    results.append([product] + tape.gradient(loss, [a, b]))
+  for name, got, want in zip(["product", "d_a", "d_b"], *results):
+    assert got.shape == want.shape, name
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_mat_mul_rejects_mismatched_shapes():
+  ops = _ops()
+  with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="inner dimensions|must be equal"):
+    ops.textgen_mat_mul(tf.zeros([2, 3]), tf.zeros([4, 5]))
+  with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="rank 2|matrices"):
+    ops.textgen_mat_mul(tf.zeros([2, 3, 1]), tf.zeros([3, 5]))
+
+
 def test_whole_sequences_only_where_they_were_measured_faster():
   """The AVX2 build on a CPU without AVX-512 (where TensorFlow's MatMul uses
   wider vectors than the library's): see lstm_ops.runs_whole_sequences."""
@@ -190,7 +221,8 @@ def test_the_trainers_loop_runs_the_ops(sequence, monkeypatch):
 
   _ops()
   gates = {"TextgenLstmGates", "TextgenLstmGatesGrad"}
-  sequences = {"TextgenLstmSequence", "TextgenLstmSequenceGrad"}
+  # with the whole-sequence ops the block's big products are TextgenMatMul
+  sequences = {"TextgenLstmSequence", "TextgenLstmSequenceGrad", "TextgenMatMul"}
   float32 = op_types(tf.float32)
   assert (sequences <= float32 and not gates & float32) if sequence else (
       gates <= float32 and not sequences & float32)
