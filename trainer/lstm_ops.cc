@@ -39,6 +39,9 @@
 //                rows, 4 units), cs (time + 1, rows, units; cs[0] = c0).
 // LstmSequenceGrad  d_outputs, d_h, d_c, acts, cs, recurrent_kernel
 //                -> dz (time, rows, 4 units) = d xw, dh0, dc0.
+// MatMul         a, b (transpose_a, transpose_b) -> a @ b: a row block's
+//                big products beside the sequence ops (gradient in
+//                lstm_ops.py).
 //
 // bfloat16 (mixed_bfloat16 training): bfloat16 tensors in and out, the math
 // inside in float32. Other dtypes run the TensorFlow ops.
