@@ -237,7 +237,10 @@ class CpuLSTM(keras.layers.LSTM):
     rounds each (2026-12-02): at batch 256, 4 blocks of 64 rows ran 1.13x
     as fast as 2 of 128 (the four independent recurrences keep both cores
     busy where two leave gaps) and 1.02x as fast as 8 of 32; at batch 64, 4
-    blocks of 16 rows ran 0.90x as fast as 2 of 32."""
+    blocks of 16 rows ran 0.90x as fast as 2 of 32. Checked again with the
+    blocks' products in TextgenMatMul (2026-12-03 00:30 UTC, 3 rounds): 4
+    blocks 1.04x as fast as 8 at batch 256, 2 blocks 1.07x as fast as 4 at
+    batch 64."""
     parts = self.parts
     if rows is not None and rows >= 2 * parts * MIN_BLOCK_ROWS:
       return 2 * parts
