@@ -1,6 +1,7 @@
 r"""The training input pipeline alone: local TFRecords -> batches, no model.
 
   python bench/bench_input.py [--corpus_mb=10] [--rounds=3] [--cores=1,2]
+                              [--autotune=off,on]
 
 How much host CPU does feeding one accelerator take? This bench builds a char
 dataset (window 128) and a word dataset (window 35, PTB's) from the same
@@ -8,7 +9,9 @@ corpus with our own pipeline, gzip-compressed (the default) and uncompressed,
 then runs `trainer.data.make_train_dataset` (the trainer's exact input code:
 seeded file shuffle, interleaved reads, window shuffle buffer, batch, parse,
 split into inputs/targets, prefetch) with no model behind it, and counts the
-batches it delivers.
+batches it delivers. The trainer turns tf.data's autotuning off
+(trainer.data.without_autotuning); --autotune=off,on measures the pipeline
+with it on again too.
 
 Each measurement is a fresh process pinned to --cores CPUs (sched_setaffinity
 before TensorFlow starts, so tf.data's thread pool and TensorFlow's op pools
@@ -48,6 +51,9 @@ _COMPRESSIONS = flags.DEFINE_list("compressions", ["gzip", "none"],
 _SECONDS = flags.DEFINE_float("seconds", 5.0, "Timed seconds per measurement.")
 _WARMUP = flags.DEFINE_float("warmup_seconds", 2.0, "Untimed seconds first.")
 _SHUFFLE = flags.DEFINE_integer("shuffle_buffer", 10000, "The trainer's default.")
+_AUTOTUNE = flags.DEFINE_list(
+    "autotune", ["off"], "off: the trainer's pipeline (without tf.data's autotuning, see "
+    "trainer.data.without_autotuning); on: with it again. --autotune=off,on compares them.")
 _SHARED = flags.DEFINE_string(
     "shared_data", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"),
     "Folder with the corpora.")
@@ -100,6 +106,11 @@ def measure(job: dict) -> dict:
       None, files=files, meta=meta, global_batch_size=batch, seed=0,
       start_epoch=0, skip_batches=0, steps_per_epoch=steps_per_epoch,
       num_epochs=_CHAINED_EPOCHS, shuffle_buffer=job["shuffle_buffer"])
+  if job["autotune"] == "on":
+    options = tf.data.Options()
+    options.autotune.enabled = True
+    ds = ds.with_options(options)
+  assert ds.options().autotune.enabled == (job["autotune"] == "on")
   it = iter(ds)
 
   def next_batch():
@@ -164,35 +175,44 @@ def main(_):
       print(f"{name} ({compression}): vocab {vocab:,} ({dtype}), window {window}, "
             f"{windows:,} windows, {nbytes / 1e6:.1f} MB on disk = "
             f"{nbytes / windows:.0f} bytes/window")
-  jobs = [(name, compression, int(b), c)
+  jobs = [(name, compression, int(b), c, autotune)
           for name, _, _ in _DATASETS for compression in _COMPRESSIONS.value
-          for b in _BATCH_SIZES.value for c in cores]
+          for b in _BATCH_SIZES.value for c in cores for autotune in _AUTOTUNE.value]
   results = {job: [] for job in jobs}
   print(f"load average before: {machine.load_average():.2f}", flush=True)
   for _ in range(_ROUNDS.value):
     for job in jobs:
-      name, compression, batch, c = job
+      name, compression, batch, c, autotune = job
       out, _ = dirs[(name, compression)]
       results[job].append(machine.run_worker(__file__, "--worker=" + json.dumps({
-          "dataset_dir": out, "batch_size": batch, "cores": c,
+          "dataset_dir": out, "batch_size": batch, "cores": c, "autotune": autotune,
           "shuffle_buffer": _SHUFFLE.value, "seconds": _SECONDS.value,
           "warmup_seconds": _WARMUP.value})))
   print(f"load average after: {machine.load_average():.2f}\n")
-  print("| dataset | compression | batch | cores | windows/s | tokens/s | CPU used "
+  print("| dataset | compression | batch | cores | autotune | windows/s | tokens/s | CPU used "
         "| windows per CPU-s | tokens per CPU-s | peak RSS MB |")
-  print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+  print("|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")
   for job in jobs:
     med = {k: statistics.median(r[k] for r in results[job]) for k in results[job][0]}
-    name, compression, batch, c = job
-    print(f"| {name} | {compression} | {batch} | {c} | {med['windows_per_s']:,.0f} | "
+    name, compression, batch, c, autotune = job
+    print(f"| {name} | {compression} | {batch} | {c} | {autotune} | {med['windows_per_s']:,.0f} | "
           f"{med['tokens_per_s'] / 1e6:.2f}M | {med['cpu_per_wall']:.2f} | "
           f"{med['windows_per_cpu_s']:,.0f} | {med['tokens_per_cpu_s'] / 1e6:.2f}M | "
           f"{med['rss_mb']:.0f} |")
-  print("\nratios (same run): gzip/none tokens per CPU-s, and 2-core/1-core windows/s")
+  print("\nratios (same run): gzip/none tokens per CPU-s, 2-core/1-core windows/s, "
+        "autotune off/on windows/s")
+  base = _AUTOTUNE.value[0]
   for name, _, _ in _DATASETS:
     for b in _BATCH_SIZES.value:
-      def med(compression, c, key, name=name, b=b):
-        return statistics.median(r[key] for r in results[(name, compression, int(b), c)])
+      def med(compression, c, key, name=name, b=b, autotune=base):
+        return statistics.median(r[key] for r in results[(name, compression, int(b), c, autotune)])
+      if {"off", "on"} <= set(_AUTOTUNE.value):
+        for compression in _COMPRESSIONS.value:
+          for c in cores:
+            ratio = (med(compression, c, "windows_per_s", autotune="off")
+                     / med(compression, c, "windows_per_s", autotune="on"))
+            print(f"  {name} {compression} batch {b} {c} core(s): autotune off / on = "
+                  f"{ratio:.2f}x")
       if {"gzip", "none"} <= set(_COMPRESSIONS.value):
         ratio = med("gzip", cores[0], "tokens_per_cpu_s") / med("none", cores[0], "tokens_per_cpu_s")
         print(f"  {name} batch {b}: gzip costs {1 / ratio:.2f}x the CPU of none ({cores[0]} core)")

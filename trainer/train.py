@@ -234,6 +234,7 @@ class Trainer:
         checkpoint=best_ckpt, keep=1, is_chief=self.chief)
     self._stop_requested = False
     self.preemption = None  # multi_worker: a PreemptionCheckpointHandler
+    self._eval_iterators = {}  # split -> its iterator, for every evaluation
     self._build_functions()
 
   # ---- compiled steps ---------------------------------------------------
@@ -329,11 +330,13 @@ class Trainer:
     steps = max(1, windows // self.config.batch_size)
     if self.config.eval_steps and split == "validation":
       steps = min(steps, self.config.eval_steps)
-    def fn(ctx):
-      return data.make_eval_dataset(ctx, files=files, meta=self.meta,
-                                    global_batch_size=self.config.batch_size)
-    it = iter(self.strategy.distribute_datasets_from_function(fn))
-    loss_sum, correct, count = [float(v) for v in self._eval_loop(it, tf.constant(steps))]
+    if split not in self._eval_iterators:  # kept: see data.make_eval_dataset
+      def fn(ctx):
+        return data.make_eval_dataset(ctx, files=files, meta=self.meta,
+                                      global_batch_size=self.config.batch_size, steps=steps)
+      self._eval_iterators[split] = iter(self.strategy.distribute_datasets_from_function(fn))
+    loss_sum, correct, count = [float(v) for v in self._eval_loop(
+        self._eval_iterators[split], tf.constant(steps))]
     loss = loss_sum / count
     result = {"loss": loss, "perplexity": math.exp(min(loss, 50)),
               "accuracy": correct / count}

@@ -37,3 +37,30 @@ def test_concatenate_keeps_order_at_any_count():
     parts = [tf.data.Dataset.range(10 * i, 10 * i + 3) for i in range(n)]
     got = [int(x) for x in data._concatenate(parts)]  # pylint: disable=protected-access
     assert got == [10 * i + j for i in range(n) for j in range(3)]
+
+
+def test_datasets_run_without_tf_data_autotuning(tiny_dataset):
+  """Both datasets turn tf.data's autotuning off (faster here, and one
+  thread less that can stall an iterator's teardown: data.without_autotuning)."""
+  meta = metadata_lib.load_dataset_metadata(str(tiny_dataset))
+  train = data.make_train_dataset(
+      None, files=data.split_files(str(tiny_dataset), meta, "train"), meta=meta,
+      global_batch_size=16, seed=3, start_epoch=0, skip_batches=0, steps_per_epoch=5,
+      num_epochs=2, shuffle_buffer=100)
+  evaluation = data.make_eval_dataset(
+      None, files=data.split_files(str(tiny_dataset), meta, "validation"), meta=meta,
+      global_batch_size=16, steps=2)
+  assert train.options().autotune.enabled is False
+  assert evaluation.options().autotune.enabled is False
+
+
+def test_eval_dataset_repeats_its_first_steps_batches(tiny_dataset):
+  """The evaluation dataset is its first `steps` batches over and over, so
+  one iterator serves every evaluation."""
+  meta = metadata_lib.load_dataset_metadata(str(tiny_dataset))
+  files = data.split_files(str(tiny_dataset), meta, "validation")
+  ds = data.make_eval_dataset(None, files=files, meta=meta, global_batch_size=4, steps=3)
+  batches = [inputs.numpy() for inputs, _ in ds.take(9)]
+  for i in range(3, 9):
+    np.testing.assert_array_equal(batches[i], batches[i % 3])
+  assert not np.array_equal(batches[0], batches[1])

@@ -260,9 +260,31 @@ def test_fresh_run_starts_at_the_unigram_distribution(tiny_dataset, tmp_path):
   assert started < flat - 0.3
 
 
+def test_evaluation_is_the_first_batches_of_the_split_on_every_replica(tiny_run):
+  """Under MirroredStrategy (2 replicas, one input pipeline), an evaluation
+  covers the split's first steps x global batch windows, computed here
+  without the strategy: not one replica's share twice, not windows of a
+  later pass."""
+  from dataspec import schema  # pylint: disable=g-import-not-at-top
+  from trainer import data  # pylint: disable=g-import-not-at-top
+  trainer = tiny_run[3]
+  assert trainer.replicas == 2
+  meta, batch = trainer.meta, trainer.config.batch_size
+  steps = max(1, meta.splits["validation"].windows // batch)
+  parse = schema.make_parse_fn(window_length=meta.window_length, token_dtype=meta.token_dtype)
+  records = data._records(trainer.val_files, compression=data._compression(meta),  # pylint: disable=protected-access
+                          ctx=None).repeat().take(steps * batch)
+  windows = np.concatenate([parse(r).numpy() for r in records.batch(batch)])
+  logits = trainer.model(windows[:, :-1], training=False)
+  expected = float(tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
+      windows[:, 1:], logits, from_logits=True)))
+  for _ in range(2):
+    assert trainer.evaluate()["loss"] == pytest.approx(expected, rel=1e-5)
+
+
 def test_repeated_evaluations_see_the_same_windows_without_retracing(tiny_run):
-  """Each evaluation builds a fresh iterator from the start of the split:
-  same windows, same result, and eval_loop is traced once."""
+  """Every evaluation takes the same windows from the split's one kept
+  iterator: same result, and eval_loop is traced once."""
   trainer = tiny_run[3]
   first = trainer.evaluate()
   traces = trainer._eval_loop.experimental_get_tracing_count()  # pylint: disable=protected-access
