@@ -34,11 +34,13 @@
 //                gates of z = xw + hr, kept for the backward.
 // LstmGatesGrad  dh, dc_next, act, c_prev, c
 //                -> dz (rows, 4 units), dc_prev (rows, units) = dc * f.
-// LstmSequence   xw (time, rows, 4 units), recurrent_kernel (units, 4 units),
-//                h0, c0 -> outputs (time, rows, units), h, c, acts (time,
+// LstmSequence   xw (time, rows, 4 units; the input products without the
+//                bias), recurrent_kernel (units, 4 units), h0, c0, bias (4
+//                units) -> outputs (time, rows, units), h, c, acts (time,
 //                rows, 4 units), cs (time + 1, rows, units; cs[0] = c0).
 // LstmSequenceGrad  d_outputs, d_h, d_c, acts, cs, recurrent_kernel
-//                -> dz (time, rows, 4 units) = d xw, dh0, dc0.
+//                -> dz (time, rows, 4 units) = d xw, dh0, dc0, d_bias (4
+//                units; the sum of dz over time and rows).
 // MatMul         a, b (transpose_a, transpose_b) -> a @ b: a row block's
 //                big products beside the sequence ops (gradient in
 //                lstm_ops.py).
@@ -119,6 +121,7 @@ REGISTER_OP("TextgenLstmSequence")
     .Input("recurrent_kernel: float")
     .Input("h0: float")
     .Input("c0: float")
+    .Input("bias: float")
     .Output("outputs: float")
     .Output("h: float")
     .Output("c: float")
@@ -131,6 +134,8 @@ REGISTER_OP("TextgenLstmSequence")
       TF_RETURN_IF_ERROR(ctx->WithRank(ctx->input(0), 3, &xw));
       TF_RETURN_IF_ERROR(ctx->WithRank(ctx->input(2), 2, &state));
       TF_RETURN_IF_ERROR(SameShape(ctx, 2, 3));
+      ShapeHandle unused;
+      TF_RETURN_IF_ERROR(ctx->WithRank(ctx->input(4), 1, &unused));
       DimensionHandle time = ctx->Dim(xw, 0), units = ctx->Dim(state, 1), steps;
       TF_RETURN_IF_ERROR(ctx->Add(time, 1, &steps));
       ctx->set_output(0, ctx->MakeShape({time, ctx->Dim(xw, 1), units}));
@@ -151,10 +156,12 @@ REGISTER_OP("TextgenLstmSequenceGrad")
     .Output("dz: float")
     .Output("dh0: float")
     .Output("dc0: float")
+    .Output("d_bias: float")
     .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* ctx) {
       ctx->set_output(0, ctx->input(3));
       ctx->set_output(1, ctx->input(1));
       ctx->set_output(2, ctx->input(2));
+      ctx->set_output(3, ctx->Vector(ctx->Dim(ctx->input(3), 2)));
       return absl::OkStatus();
     });
 
@@ -193,12 +200,13 @@ absl::Status CheckShapes(const TensorShape& gates,
   return absl::OkStatus();
 }
 
-// One time step's gate math on `rows` rows: gates z = xw + hr, activated
-// into act; c = f c_prev + i c~; h = o tanh(c). hr may be act itself (the
-// step op computes h_prev @ recurrent_kernel into act first).
+// One time step's gate math on `rows` rows: gates z = xw + hr (+ bias, 4 n
+// values, if not null), activated into act; c = f c_prev + i c~; h = o
+// tanh(c). hr may be act itself (the sequence op computes h_prev @
+// recurrent_kernel into act first).
 template <typename T>
-void GatesForward(int64_t rows, int64_t n, const T* xw, const T* hr, const T* c_prev,
-                  T* h, T* c, T* act) {
+void GatesForward(int64_t rows, int64_t n, const T* xw, const T* hr, const float* bias,
+                  const T* c_prev, T* h, T* c, T* act) {
   constexpr bool kFloat = std::is_same_v<T, float>;
   // float32 works in the outputs themselves; bfloat16 in float32 rows.
   Array gates_row(kFloat ? 0 : 4 * n), c_row_buf(kFloat ? 0 : n);
@@ -212,7 +220,12 @@ void GatesForward(int64_t rows, int64_t n, const T* xw, const T* hr, const T* c_
       gates = gates_row.data();
       c_row_data = c_row_buf.data();
     }
-    Map(gates, 4 * n) = Load(xw + r * 4 * n, 4 * n) + Load(hr + r * 4 * n, 4 * n);
+    if (bias != nullptr) {
+      Map(gates, 4 * n) = Load(xw + r * 4 * n, 4 * n) + Load(hr + r * 4 * n, 4 * n) +
+                          Load(bias, 4 * n);
+    } else {
+      Map(gates, 4 * n) = Load(xw + r * 4 * n, 4 * n) + Load(hr + r * 4 * n, 4 * n);
+    }
     Map i(gates, n), f(gates + n, n), g(gates + 2 * n, n), o(gates + 3 * n, n);
     i = i.logistic();
     f = f.logistic();
@@ -273,7 +286,7 @@ class LstmGatesOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, c_prev.shape(), &h));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, c_prev.shape(), &c));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, xw.shape(), &act));
-    GatesForward<T>(rows, units, xw.flat<T>().data(), hr.flat<T>().data(),
+    GatesForward<T>(rows, units, xw.flat<T>().data(), hr.flat<T>().data(), nullptr,
                     c_prev.flat<T>().data(), h->flat<T>().data(), c->flat<T>().data(),
                     act->flat<T>().data());
   }
@@ -343,9 +356,14 @@ class LstmSequenceOp : public OpKernel {
     const Tensor& kernel = ctx->input(1);
     const Tensor& h0 = ctx->input(2);
     const Tensor& c0 = ctx->input(3);
+    const Tensor& bias = ctx->input(4);
     int64_t rows = 0, units = 0, time = 0;
     OP_REQUIRES_OK(ctx, CheckSequence(xw, h0, c0, &time, &rows, &units));
     OP_REQUIRES_OK(ctx, CheckKernel(kernel, units));
+    OP_REQUIRES(ctx, bias.shape() == TensorShape({4 * units}),
+                absl::InvalidArgumentError(absl::StrCat(
+                    "bias must be (4 units) = (", 4 * units, "), got ",
+                    bias.shape().DebugString())));
     Tensor *outputs = nullptr, *h = nullptr, *c = nullptr, *acts = nullptr, *cs = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({time, rows, units}), &outputs));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, h0.shape(), &h));
@@ -364,8 +382,8 @@ class LstmSequenceOp : public OpKernel {
       float* act_t = act + t * gates;
       MutableMatrix(act_t, rows, 4 * units).noalias() =
           ConstMatrix(h_prev, rows, units) * ConstMatrix(w, units, 4 * units);
-      GatesForward<float>(rows, units, xw_data + t * gates, act_t, cell + t * state,
-                          out + t * state, cell + (t + 1) * state, act_t);
+      GatesForward<float>(rows, units, xw_data + t * gates, act_t, bias.flat<float>().data(),
+                          cell + t * state, out + t * state, cell + (t + 1) * state, act_t);
       h_prev = out + t * state;
     }
     std::copy_n(h_prev, state, h->flat<float>().data());
@@ -398,10 +416,15 @@ class LstmSequenceGradOp : public OpKernel {
     OP_REQUIRES(ctx, cs.shape() == TensorShape({time + 1, rows, units}),
                 absl::InvalidArgumentError(absl::StrCat(
                     "cs must be (time + 1, rows, units), got ", cs.shape().DebugString())));
-    Tensor *dz = nullptr, *dh0 = nullptr, *dc0 = nullptr;
+    Tensor *dz = nullptr, *dh0 = nullptr, *dc0 = nullptr, *d_bias = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, acts.shape(), &dz));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, d_h.shape(), &dh0));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, d_c.shape(), &dc0));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({4 * units}), &d_bias));
+    // The bias gradient, summed step by step while each step's dz is in
+    // cache (a reduction over all of dz afterwards reads it all again).
+    Eigen::Map<Eigen::RowVectorXf> db(d_bias->flat<float>().data(), 4 * units);
+    db.setZero();
     const int64_t state = rows * units, gates = rows * 4 * units;
     const float* d_out = d_outputs.flat<float>().data();
     const float* act = acts.flat<float>().data();
@@ -418,6 +441,7 @@ class LstmSequenceGradOp : public OpKernel {
       float* dz_t = dz_data + t * gates;
       GatesBackward<float>(rows, units, d_out + t * state, dh, dc, act + t * gates,
                            cell + t * state, cell + (t + 1) * state, dz_t, dc);
+      db += ConstMatrix(dz_t, rows, 4 * units).colwise().sum();
       MutableMatrix(dh, rows, units).noalias() =
           ConstMatrix(dz_t, rows, 4 * units) *
           ConstMatrix(w, units, 4 * units).transpose();

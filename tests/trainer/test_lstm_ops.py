@@ -103,33 +103,35 @@ def _reference_sequence(xw, kernel, h0, c0):
                                              (5, 0, 4)])
 def test_sequence_ops_match_tensorflow_ops(time, rows, units):
   """The whole-sequence ops: outputs and final state against the step-by-
-  step recurrence, the kept acts and cs against the per-step gate op, and
-  the gradient op's d xw, dh0, dc0 against TensorFlow's autodiff."""
+  step recurrence of xw + bias, the kept acts and cs against the per-step
+  gate op, and the gradient op's d xw, dh0, dc0 and d bias against
+  TensorFlow's autodiff."""
   ops = _ops()
   rng = np.random.default_rng(time * 1000 + rows * 10 + units)
   normal = lambda scale, *shape: tf.constant(rng.normal(0, scale, shape), tf.float32)
   xw, kernel = normal(2, time, rows, 4 * units), normal(0.3, units, 4 * units)
-  h0, c0 = normal(1, rows, units), normal(1, rows, units)
-  outputs, h, c, acts, cs = ops.textgen_lstm_sequence(xw, kernel, h0, c0)
-  for got, want in zip((outputs, h, c), _reference_sequence(xw, kernel, h0, c0)):
+  h0, c0, bias = normal(1, rows, units), normal(1, rows, units), normal(1, 4 * units)
+  outputs, h, c, acts, cs = ops.textgen_lstm_sequence(xw, kernel, h0, c0, bias)
+  for got, want in zip((outputs, h, c), _reference_sequence(xw + bias, kernel, h0, c0)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(cs[0], c0)
   h_prev = tf.concat([h0[None], outputs[:-1]], 0)
   for t in range(time):
-    _, c_t, act_t = ops.textgen_lstm_gates(xw[t], tf.matmul(h_prev[t], kernel), cs[t])
+    _, c_t, act_t = ops.textgen_lstm_gates(xw[t] + bias, tf.matmul(h_prev[t], kernel), cs[t])
     # (Eigen's and TensorFlow's products sum in different orders)
     np.testing.assert_allclose(acts[t], act_t, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(cs[t + 1], c_t, rtol=1e-5, atol=1e-5)
 
   d_outputs, d_h, d_c = normal(1, time, rows, units), normal(1, rows, units), normal(1, rows, units)
   with tf.GradientTape() as tape:
-    tape.watch([xw, h0, c0])
-    want_outputs, want_h, want_c = _reference_sequence(xw, kernel, h0, c0)
+    tape.watch([xw, h0, c0, bias])
+    want_outputs, want_h, want_c = _reference_sequence(xw + bias, kernel, h0, c0)
     loss = (tf.reduce_sum(want_outputs * d_outputs) + tf.reduce_sum(want_h * d_h)
             + tf.reduce_sum(want_c * d_c))
-  dz, dh0, dc0 = ops.textgen_lstm_sequence_grad(d_outputs, d_h, d_c, acts, cs, kernel)
-  want = tape.gradient(loss, [xw, h0, c0], unconnected_gradients=tf.UnconnectedGradients.ZERO)
-  for name, got, w in zip(("dz", "dh0", "dc0"), (dz, dh0, dc0), want):
+  dz, dh0, dc0, d_bias = ops.textgen_lstm_sequence_grad(d_outputs, d_h, d_c, acts, cs, kernel)
+  want = tape.gradient(loss, [xw, h0, c0, bias],
+                       unconnected_gradients=tf.UnconnectedGradients.ZERO)
+  for name, got, w in zip(("dz", "dh0", "dc0", "d_bias"), (dz, dh0, dc0, d_bias), want):
     np.testing.assert_allclose(got, w, rtol=1e-4, atol=1e-4, err_msg=name)
 
 
@@ -137,13 +139,16 @@ def test_sequence_ops_reject_mismatched_shapes():
   ops = _ops()
   with pytest.raises(tf.errors.InvalidArgumentError, match=r"\(time, rows, 4 units\)"):
     ops.textgen_lstm_sequence(tf.zeros([2, 12]), tf.zeros([3, 12]), tf.zeros([2, 3]),
-                              tf.zeros([2, 3]))
+                              tf.zeros([2, 3]), tf.zeros([12]))
   with pytest.raises(tf.errors.InvalidArgumentError, match=r"recurrent_kernel must be .* \(3, 12\)"):
     ops.textgen_lstm_sequence(tf.zeros([4, 2, 12]), tf.zeros([12, 3]), tf.zeros([2, 3]),
-                              tf.zeros([2, 3]))
+                              tf.zeros([2, 3]), tf.zeros([12]))
   with pytest.raises(tf.errors.InvalidArgumentError, match=r"\(rows, 4 units\) = \(2, 12\)"):
     ops.textgen_lstm_sequence(tf.zeros([4, 2, 10]), tf.zeros([3, 12]), tf.zeros([2, 3]),
-                              tf.zeros([2, 3]))
+                              tf.zeros([2, 3]), tf.zeros([12]))
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r"bias must be \(4 units\) = \(12\)"):
+    ops.textgen_lstm_sequence(tf.zeros([4, 2, 12]), tf.zeros([3, 12]), tf.zeros([2, 3]),
+                              tf.zeros([2, 3]), tf.zeros([10]))
   acts, cs = tf.zeros([4, 2, 12]), tf.zeros([5, 2, 3])
   with pytest.raises(tf.errors.InvalidArgumentError, match="d_outputs must be"):
     ops.textgen_lstm_sequence_grad(tf.zeros([3, 2, 3]), tf.zeros([2, 3]), tf.zeros([2, 3]),
