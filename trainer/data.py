@@ -73,8 +73,10 @@ def _to_batches(ds, *, batch_size, parse, drop_remainder=True):
 
 
 def without_autotuning(ds):
-  """`ds` without tf.data's autotuning: AUTOTUNE's parallelism is then the
-  CPU count, and prefetch sizes its buffer on its own.
+  """`ds` without tf.data's autotuning: AUTOTUNE's parallelism is then
+  fixed at its starting value, the CPU count but at most 16 (TensorFlow's
+  GetAutotuneDefaultParallelism; one core already delivers 15-25M tokens/s
+  here), and prefetch sizes its buffer on its own.
 
   bench/bench_input.py, 2 cores of the AMD EPYC VM (2026-12-03): this
   pipeline delivered 1.34-1.40x the windows per second without it (char
