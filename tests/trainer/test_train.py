@@ -44,9 +44,23 @@ def _serving_logits(lm, ids, lengths):
   return tf.transpose(lm._logits(outputs, w), [1, 0, 2]).numpy()  # pylint: disable=protected-access
 
 
-def test_exported_model_matches_the_keras_model(tiny_run):
+def _stepped_logits(lm, ids):
+  """LanguageModel's logits at every position, one decode step at a time."""
+  h, c = lm._zero_state(ids.shape[0])  # pylint: disable=protected-access
+  h, c = tuple(tf.unstack(h)), tuple(tf.unstack(c))
+  w = lm._read_weights()  # pylint: disable=protected-access
+  logits = []
+  for t in range(ids.shape[1]):
+    step_logits, h, c = lm._step(tf.constant(ids[:, t]), h, c, w)  # pylint: disable=protected-access
+    logits.append(step_logits.numpy())
+  return np.stack(logits, axis=1)
+
+
+@pytest.mark.parametrize("input_table", [True, False])
+def test_exported_model_matches_the_keras_model(tiny_run, input_table, monkeypatch):
   """The SavedModel's LSTM (dataspec.serving) gives the training model's
-  logits, and so does the exported model.keras."""
+  logits, over a prompt and step by step, with the bottom layer's input
+  table and without it; so does the exported model.keras."""
   import keras
   model_dir, _, _, trainer = tiny_run
   spec, weights, meta, vocab, _ = export_lib.load_export(str(model_dir / "export"))
@@ -56,9 +70,13 @@ def test_exported_model_matches_the_keras_model(tiny_run):
   want = keras_model(ids).numpy()  # (3, 20, vocab)
   np.testing.assert_allclose(
       want, trainer.model(ids).numpy(), atol=1e-5)  # the best checkpoint is restored
+  if not input_table:
+    monkeypatch.setattr(serving, "INPUT_TABLE_MAX_FLOATS", 0)
   lm = serving.LanguageModel(spec, weights, meta.tokenizer_spec, vocab)
+  assert (lm._input_table is not None) == input_table  # pylint: disable=protected-access
   got = _serving_logits(lm, ids, np.full(3, 20, np.int32))
   np.testing.assert_allclose(got, want, atol=1e-4)
+  np.testing.assert_allclose(_stepped_logits(lm, ids), want, atol=1e-4)
   # textgen-generate --precision=bfloat16: products in bfloat16, close to it.
   lm16 = serving.LanguageModel(spec, weights, meta.tokenizer_spec, vocab, precision="bfloat16")
   got16 = _serving_logits(lm16, ids, np.full(3, 20, np.int32))
