@@ -249,7 +249,10 @@ def main(_):
     print(json.dumps(dict(result, peak_rss_mb=machine.peak_rss_mb())))
     return
   print(machine.describe())
-  batches, impls = [int(b) for b in _BATCHES.value], _IMPLS.value
+  impls, left_out = machine.measurable_impls(_IMPLS.value, explicit=_IMPLS.present)
+  if left_out:
+    print(left_out)
+  batches = [int(b) for b in _BATCHES.value]
   results = {(i, b): [] for i in impls for b in batches}
   for round_index in range(_ROUNDS.value):
     for batch in batches:

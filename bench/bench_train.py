@@ -270,6 +270,9 @@ def main(_):
         "peak_rss_mb": machine.peak_rss_mb()}))
     return
   print(machine.describe())
+  impls, left_out = machine.measurable_impls(_IMPLS.value, explicit=_IMPLS.present)
+  if left_out:
+    print(left_out)
   with tempfile.TemporaryDirectory(prefix="bench-train-") as work:
     data_dir = prepare(work)
     vocab = json.load(open(os.path.join(data_dir, "metadata.json")))["vocab_size"]
@@ -280,11 +283,11 @@ def main(_):
           batch=batch, embedding=EMBEDDING, units=UNITS, vocab=vocab).items()))
     print("TensorFlow float32 matmul peak (best of 5): " +
           ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
-    results = {(impl, b): [] for impl in _IMPLS.value for b in batches}
+    results = {(impl, b): [] for impl in impls for b in batches}
     rss = {}
     for round_index in range(_ROUNDS.value):
       for batch in batches:
-        for impl in _IMPLS.value:
+        for impl in impls:
           result = run_worker(impl, batch, data_dir)
           tokens, peak = result["tokens_per_second"], result["peak_rss_mb"]
           results[impl, batch].append(tokens)
@@ -293,13 +296,12 @@ def main(_):
                 f"peak RSS {peak:,.0f} MB", flush=True)
     anon = machine.anonymous_peaks(
         lambda impl, batch: run_worker(impl, batch, data_dir, anonymous_memory=True),
-        _IMPLS.value, batches)
+        impls, batches)
     print(f"\n{machine.describe()} (after)")
     flops = flops_per_token(vocab)
     print(f"\nmodel: 2x LSTM {UNITS}, embedding {EMBEDDING}, vocab {vocab}, window "
           f"{WINDOW}; {flops / 1e6:.2f} MFLOP per target token; "
           f"{_ROUNDS.value} rounds of {_STEPS.value} steps, medians\n")
-    impls = _IMPLS.value
     pairs = [(a, b) for a, b in RATIOS if a in impls and b in impls]
     print("| batch | " + " | ".join(f"{i} tokens/s" for i in impls) + " | " +
           " | ".join(f"{a} / {b}" for a, b in pairs) + " | " +

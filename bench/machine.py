@@ -23,6 +23,7 @@ import time
 from typing import Dict, Iterable, Tuple
 
 from trainer.cpuinfo import cpu_flags
+from trainer.precision import cpu_has_bfloat16
 
 
 def cpu_model() -> str:
@@ -36,6 +37,23 @@ def cpu_model() -> str:
   flags = cpu_flags()
   isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
   return f"{name}, {isa}"
+
+
+def measurable_impls(impls: Iterable[str], *, explicit: bool) -> Tuple[list, str]:
+  """(the impls to run, a note of what was left out). Without bfloat16
+  matrix units (AMX, AVX512_BF16; see trainer/precision.py) the default
+  list leaves out the bfloat16 implementations: PyTorch's bfloat16 LSTM
+  fails there ("could not create a primitive descriptor for the LSTM
+  forward propagation primitive", oneDNN on an AVX2 CPU, 2026-12-03), and
+  the bfloat16 rows are meant for CPUs that have the units. An explicit
+  --impls runs what it names."""
+  impls = list(impls)
+  if explicit or cpu_has_bfloat16():
+    return impls, ""
+  left_out = [i for i in impls if i.endswith("_bf16")]
+  note = (f"left out: {', '.join(left_out)} (this CPU has no bfloat16 matrix units, "
+          "AMX or AVX512_BF16; name them in --impls to run them anyway)") if left_out else ""
+  return [i for i in impls if i not in left_out], note
 
 
 def load_average() -> float:

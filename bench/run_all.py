@@ -37,8 +37,12 @@ _BASELINE_EVAL_SECONDS = flags.DEFINE_float(
 
 
 def run_bench(script, *args):
-  out = subprocess.run([sys.executable, os.path.join(REPO, "bench", script), *args],
-                       capture_output=True, text=True, check=True, cwd=REPO).stdout
+  proc = subprocess.run([sys.executable, os.path.join(REPO, "bench", script), *args],
+                        capture_output=True, text=True, check=False, cwd=REPO)
+  if proc.returncode:
+    raise RuntimeError(f"{script} failed (exit status {proc.returncode}):\n"
+                       f"{proc.stderr[-5000:]}")
+  out = proc.stdout
   lines = out.splitlines()
   first = next(i for i, l in enumerate(lines) if l.startswith("|"))
   last = max(i for i, l in enumerate(lines) if l.startswith("|"))

@@ -160,7 +160,7 @@ def _cut_at_first(texts, needles):
 # float32). Looking a token's row up instead of multiplying its embedding
 # by the bottom layer's kernel made sampled decoding of the reference char
 # model (vocab 68, embedding 64, 2 x 256 units) 1.16-1.18x faster at batch 1
-# and 1.08x at batch 256, and its prefill 1.07x at batch 256 (one-process
+# and 1.08x at batch 256, and its prefill 1.06-1.07x at both (one-process
 # A/Bs, 2026-12-03, AVX2 VM): 7.5% of a step's FLOPs and a product and an
 # add fewer ops per step. A large vocabulary's table would be large (32k
 # subwords x 1,024 units: 512 MB), and there the output layer's product is
