@@ -62,7 +62,9 @@ _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 256, "Decoded tokens per measur
 _TUTORIAL_TOKENS = flags.DEFINE_integer("tutorial_tokens", 8, "Tokens of the tutorial loop.")
 _BATCHES = flags.DEFINE_list("batch_sizes", ["1", "256"], "Batch sizes.")
 _IMPLS = flags.DEFINE_list("impls", ["ours", "keras", "torch", "tutorial", "ours_bf16",
-                                     "torch_bf16"], "What to measure.")
+                                     "torch_bf16"],
+                           "What to measure. By default the *_bf16 ones only on "
+                           "CPUs with bfloat16 units (AMX, AVX512_BF16).")
 _WORKER = flags.DEFINE_string("worker", None, "Internal: measure one implementation.")
 _BATCH = flags.DEFINE_integer("batch", 1, "Internal: the worker's batch size.")
 

@@ -73,7 +73,8 @@ _WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed steps first (tracing, cache
 _BATCHES = flags.DEFINE_list("batch_sizes", ["64", "256"], "Global batch sizes.")
 _IMPLS = flags.DEFINE_list("impls", ["ours", "keras", "torch", "ours_tfops", "ours_bf16",
                                      "torch_bf16"],
-                           "What to measure.")
+                           "What to measure. By default the *_bf16 ones only on "
+                           "CPUs with bfloat16 units (AMX, AVX512_BF16).")
 _WORKER = flags.DEFINE_string("worker", None, "Internal: measure one implementation.")
 _BATCH = flags.DEFINE_integer("batch", 64, "Internal: the worker's batch size.")
 _DATA = flags.DEFINE_string("data", None, "Internal: the worker's dataset directory.")
