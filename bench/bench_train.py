@@ -36,6 +36,9 @@ interleaved in every round (ours, keras, torch, ours, ...):
          ours with TensorFlow's default CPU allocator (malloc) instead of
          the BFC allocator the trainer asks for (dataspec/tf_allocator.py);
          plain Keras with the BFC allocator.
+  ours_mmap (not measured by default)
+         ours with glibc's per-allocation mmap left on (no
+         trainer/heap.keep_freed_memory).
   ours_bf16, torch_bf16 (and ours_bf16_tfops, not measured by default)
          the same two in bfloat16 mixed precision (float32 weights and
          loss): ours with --mixed_precision (mixed_bfloat16 on a CPU),
@@ -112,7 +115,7 @@ def flops_per_token(vocab) -> float:
 # ---- workers (each in its own process) ---------------------------------------
 
 def work_ours(batch, data_dir, steps, warmup, *, mixed_precision=False, gate_ops=True,
-              sequence_ops=True, bfc=True, matmul_ops=True):
+              sequence_ops=True, bfc=True, matmul_ops=True, heap_tuning=True):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from dataspec import tf_allocator  # pylint: disable=g-import-not-at-top
   from trainer import config as train_config  # pylint: disable=g-import-not-at-top
@@ -120,7 +123,8 @@ def work_ours(batch, data_dir, steps, warmup, *, mixed_precision=False, gate_ops
   from trainer import heap  # pylint: disable=g-import-not-at-top
   from trainer import lstm_ops  # pylint: disable=g-import-not-at-top
   from trainer import train  # pylint: disable=g-import-not-at-top
-  heap.keep_freed_memory()  # as train.run() does, and before any op:
+  if heap_tuning:
+    heap.keep_freed_memory()  # as train.run() does, and before any op
   if not bfc:
     os.environ[tf_allocator.BFC_ENV] = "false"
   tf_allocator.use_bfc_allocator()
@@ -240,6 +244,7 @@ WORKERS = {"ours": work_ours, "keras": work_keras, "torch": work_torch,
            "ours_gates": functools.partial(work_ours, sequence_ops=False),
            "ours_tfops": functools.partial(work_ours, gate_ops=False),
            "ours_malloc": functools.partial(work_ours, bfc=False),
+           "ours_mmap": functools.partial(work_ours, heap_tuning=False),
            "ours_tfmatmul": functools.partial(work_ours, matmul_ops=False),
            "keras_bfc": functools.partial(work_keras, bfc=True),
            "ours_bf16": functools.partial(work_ours, mixed_precision=True),
@@ -248,7 +253,8 @@ WORKERS = {"ours": work_ours, "keras": work_keras, "torch": work_torch,
            "torch_bf16": functools.partial(work_torch, bfloat16=True)}
 # The ratios printed: each (numerator, denominator) whose both were measured.
 RATIOS = (("ours", "keras"), ("ours", "torch"), ("ours", "ours_gates"), ("ours", "ours_tfops"),
-          ("ours", "ours_malloc"), ("ours", "ours_tfmatmul"), ("ours", "keras_bfc"),
+          ("ours", "ours_malloc"), ("ours", "ours_mmap"), ("ours", "ours_tfmatmul"),
+          ("ours", "keras_bfc"),
           ("ours_bf16", "torch_bf16"), ("ours_bf16", "ours"),
           ("ours_bf16", "ours_bf16_tfops"))
 

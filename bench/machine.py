@@ -212,11 +212,12 @@ def print_memory_table(impls, batches, rss, anon, pairs) -> None:
   ({(impl, batch): MB} each), with both ratios for each (a, b) of `pairs`
   whose two are measured."""
   pairs = [(a, b) for a, b in pairs if a in impls and b in impls]
-  print("\n| batch | " + " | ".join(f"{i} peak RSS / anonymous" for i in impls) + " | " +
-        " | ".join(f"{a} / {b} RSS | {a} / {b} anonymous" for a, b in pairs) + " |")
-  print("|---:|" + "---:|" * (len(impls) + 2 * len(pairs)))
+  header = ([f"{i} peak RSS / anonymous" for i in impls] +
+            [f"{a} / {b} {kind}" for a, b in pairs for kind in ("RSS", "anonymous")])
+  print("\n| batch | " + " | ".join(header) + " |")
+  print("|---:|" + "---:|" * len(header))
   for batch in batches:
-    print(f"| {batch} | " + " | ".join(
-        f"{rss[i, batch]:,.0f} / {anon[i, batch]:,.0f} MB" for i in impls) + " | " + " | ".join(
-            f"{rss[a, batch] / rss[b, batch]:.2f}x | {anon[a, batch] / anon[b, batch]:.2f}x"
-            for a, b in pairs) + " |")
+    cells = ([f"{rss[i, batch]:,.0f} / {anon[i, batch]:,.0f} MB" for i in impls] +
+             [f"{ratio:.2f}x" for a, b in pairs
+              for ratio in (rss[a, batch] / rss[b, batch], anon[a, batch] / anon[b, batch])])
+    print(f"| {batch} | " + " | ".join(cells) + " |")

@@ -15,7 +15,10 @@ comes from the heap, which glibc trims when its top is free.
 Generation measured no gain (its tensors are smaller or reused), so only the
 trainer calls this. The heap's top is still trimmed when it is free, which
 frees pages the next step faults in again: the trainer also takes its
-tensors from TensorFlow's BFC allocator (dataspec/tf_allocator.py).
+tensors from TensorFlow's BFC allocator (dataspec/tf_allocator.py). Both
+are needed: with BFC on, leaving the per-allocation mmap on made training
+1.26-1.31x slower at batch 64 and 256 (bench_train.py ours_mmap, AVX2 VM,
+2026-12-03), at the same peak memory.
 """
 
 import ctypes
