@@ -453,19 +453,27 @@ class Trainer:
     eval_every = config.eval_every or self.steps_per_epoch
     step = int(self.step.numpy())
     last_eval = {}
+    # `current` holds the one reference to the train iterator, so that it
+    # can be dropped on another thread (data.drop_in_background: its
+    # teardown can stall).
     iterator, iterator_end = self._train_iterator(step)
+    current = [iterator]
+    del iterator
     start_time, start_step = time.time(), step
     window_time, window_steps = time.time(), 0
     totals = np.zeros(4)
     while step < self.total_steps:
       if step >= iterator_end:
+        data.drop_in_background(current)
         iterator, iterator_end = self._train_iterator(step)
+        current.append(iterator)
+        del iterator
       boundary = min(self.total_steps, iterator_end,
                      (step // config.log_every + 1) * config.log_every,
                      (step // config.checkpoint_every + 1) * config.checkpoint_every,
                      (step // eval_every + 1) * eval_every)
       num = boundary - step
-      out = self._train_loop(iterator, tf.constant(num))
+      out = self._train_loop(current[0], tf.constant(num))
       step = boundary
       self.step.assign(step)
       totals[:3] += [float(v) for v in out[:3]]
@@ -492,7 +500,9 @@ class Trainer:
         self.store.save(step)
         self.store.wait()
         logging.warning("Preempted at step %d; checkpoint saved, exiting", step)
+        data.drop_in_background(current)
         raise Preempted()
+    data.drop_in_background(current)
     self._sync_tensorboard(train_writer, val_writer)
     return {"step": step, "validation": last_eval,
             "best_validation_loss": float(self.best_val_loss.numpy())}

@@ -64,3 +64,50 @@ def test_eval_dataset_repeats_its_first_steps_batches(tiny_dataset):
   for i in range(3, 9):
     np.testing.assert_array_equal(batches[i], batches[i % 3])
   assert not np.array_equal(batches[0], batches[1])
+
+
+def test_an_epoch_is_steps_per_epoch_global_steps_on_two_replicas(tiny_dataset):
+  """Under MirroredStrategy (2 replicas fed by one input pipeline) an epoch
+  lasts steps_per_epoch global steps, each the global batch the dataset
+  gives without a strategy, and a resume skips whole global steps. (An
+  epoch of steps_per_epoch per-replica batches ran dry at half the steps,
+  and resumed at the wrong window.)"""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  meta = metadata_lib.load_dataset_metadata(str(tiny_dataset))
+  files = data.split_files(str(tiny_dataset), meta, "train")
+  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+  def global_batches(**kwargs):
+    dist = strategy.distribute_datasets_from_function(
+        lambda ctx: data.make_train_dataset(ctx, files=files, meta=meta, global_batch_size=16,
+                                            seed=3, steps_per_epoch=5, shuffle_buffer=100,
+                                            **kwargs))
+    return [np.concatenate([t.numpy() for t in strategy.experimental_local_results(inputs)])
+            for inputs, _ in dist]
+
+  alone = _batches(tiny_dataset, start_epoch=0, skip_batches=0, num_epochs=3)
+  chained = global_batches(start_epoch=0, skip_batches=0, num_epochs=3)
+  assert len(chained) == len(alone) == 15
+  for a, b in zip(chained, alone):
+    np.testing.assert_array_equal(a, b)
+  resumed = global_batches(start_epoch=1, skip_batches=2, num_epochs=2)
+  assert len(resumed) == 8
+  for a, b in zip(resumed, alone[7:]):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_drop_in_background_releases_the_items_on_another_thread():
+  import threading  # pylint: disable=g-import-not-at-top
+  dropped = threading.Event()
+  where = []
+
+  class Item:
+    def __del__(self):
+      where.append(threading.current_thread().name)
+      dropped.set()
+
+  holder = [Item()]
+  data.drop_in_background(holder)
+  assert holder == []
+  assert dropped.wait(10)
+  assert where == ["textgen-iterator-teardown"]
