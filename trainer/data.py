@@ -98,8 +98,8 @@ def without_autotuning(ds):
 
 
 def drop_in_background(holder: list) -> None:
-  """Empties `holder` on a daemon thread, so the iterators in it, if it
-  held their only references, are torn down there.
+  """Empties `holder` on a thread of its own, so the iterators in it, if
+  it held their only references, are torn down there.
 
   A teardown can wait up to 60 s for tf.data's autotuning thread (see
   without_autotuning): tf.distribute's per-device iterators keep their
