@@ -123,7 +123,8 @@ def measure(worker: str, tok: str, mode: str, corpus: str, out_dir: str) -> dict
   A process per pipeline, as `textgen-preprocess` runs: several pipelines in
   one process (this bench's first form) blew up by gigabytes inside Beam's
   in-memory shuffle in 4 of 38 runs, always a later pipeline of the process
-  (README, "Preprocessing"); 60 single-pipeline processes never did.
+  (docs/performance-log.md, "Preprocessing"); 60 single-pipeline processes
+  never did.
   """
   return machine.run_worker(__file__, f"--worker={worker}", f"--tokenizer={tok}",
                             f"--mode={mode}", f"--corpus={corpus}", f"--out={out_dir}",
