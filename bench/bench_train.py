@@ -39,6 +39,10 @@ interleaved in every round (ours, keras, torch, ours, ...):
   ours_mmap (not measured by default)
          ours with glibc's per-allocation mmap left on (no
          trainer/heap.keep_freed_memory).
+  ours_distiter (not measured by default)
+         ours reading its batches through tf.distribute's iterator, as the
+         trainer did until 2026-12-03 with one CPU replica (see
+         trainer/train.Trainer._iterate).
   ours_bf16, torch_bf16 (and ours_bf16_tfops, not measured by default)
          the same two in bfloat16 mixed precision (float32 weights and
          loss): ours with --mixed_precision (mixed_bfloat16 on a CPU),
@@ -115,7 +119,8 @@ def flops_per_token(vocab) -> float:
 # ---- workers (each in its own process) ---------------------------------------
 
 def work_ours(batch, data_dir, steps, warmup, *, mixed_precision=False, gate_ops=True,
-              sequence_ops=True, bfc=True, matmul_ops=True, heap_tuning=True):
+              sequence_ops=True, bfc=True, matmul_ops=True, heap_tuning=True,
+              own_iterator=True):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from dataspec import tf_allocator  # pylint: disable=g-import-not-at-top
   from trainer import config as train_config  # pylint: disable=g-import-not-at-top
@@ -141,6 +146,8 @@ def work_ours(batch, data_dir, steps, warmup, *, mixed_precision=False, gate_ops
         dataset_dir=data_dir, model_dir=tmp, embedding_dim=EMBEDDING, units=UNITS,
         num_layers=2, batch_size=batch, train_steps=100_000, shuffle_buffer=1000,
         mixed_precision=mixed_precision))
+    if not own_iterator:
+      trainer._one_cpu_replica = False  # pylint: disable=protected-access
     iterator, _ = trainer._train_iterator(0)  # pylint: disable=protected-access
     float(trainer._train_loop(iterator, tf.constant(warmup))[0])  # pylint: disable=protected-access
     start = time.perf_counter()
@@ -245,6 +252,7 @@ WORKERS = {"ours": work_ours, "keras": work_keras, "torch": work_torch,
            "ours_tfops": functools.partial(work_ours, gate_ops=False),
            "ours_malloc": functools.partial(work_ours, bfc=False),
            "ours_mmap": functools.partial(work_ours, heap_tuning=False),
+           "ours_distiter": functools.partial(work_ours, own_iterator=False),
            "ours_tfmatmul": functools.partial(work_ours, matmul_ops=False),
            "keras_bfc": functools.partial(work_keras, bfc=True),
            "ours_bf16": functools.partial(work_ours, mixed_precision=True),
@@ -253,7 +261,8 @@ WORKERS = {"ours": work_ours, "keras": work_keras, "torch": work_torch,
            "torch_bf16": functools.partial(work_torch, bfloat16=True)}
 # The ratios printed: each (numerator, denominator) whose both were measured.
 RATIOS = (("ours", "keras"), ("ours", "torch"), ("ours", "ours_gates"), ("ours", "ours_tfops"),
-          ("ours", "ours_malloc"), ("ours", "ours_mmap"), ("ours", "ours_tfmatmul"),
+          ("ours", "ours_malloc"), ("ours", "ours_mmap"), ("ours", "ours_distiter"),
+          ("ours", "ours_tfmatmul"),
           ("ours", "keras_bfc"),
           ("ours_bf16", "torch_bf16"), ("ours_bf16", "ours"),
           ("ours_bf16", "ours_bf16_tfops"))

@@ -88,9 +88,10 @@ def without_autotuning(ds):
   for it to wake (a fit() of 20 steps returned exactly 20.47 s after it
   began, and dropping the trainer's iterator after 60 s of training took
   24 s). tf.distribute's per-device iterators keep their own autotuning
-  (their options are not ours to set), so a teardown can still wait: the
-  trainer keeps its evaluation iterators for that reason, and drops its
-  train iterators on another thread (drop_in_background).
+  (their options are not ours to set), so a teardown can still wait: with
+  one replica per worker on a CPU the trainer does without them
+  (Trainer._iterate); otherwise it keeps its evaluation iterators, and
+  drops its train iterators on another thread (drop_in_background).
   """
   options = tf.data.Options()
   options.autotune.enabled = False
@@ -103,8 +104,9 @@ def drop_in_background(holder: list) -> None:
 
   A teardown can wait up to 60 s for tf.data's autotuning thread (see
   without_autotuning): tf.distribute's per-device iterators keep their
-  autotuning, and after 12 s of reading, dropping such an iterator took
-  8.4 s in 3 of 4 runs (2026-12-03). Dropped on another thread, the
+  autotuning (the trainer's iterators with several replicas per worker),
+  and after 12 s of reading, dropping such an iterator took 8.4 s in 3 of
+  4 runs (2026-12-03). Dropped on another thread, the
   trainer goes on at once (a new iterator ran meanwhile at full speed; the
   export starts without waiting). Not a daemon thread: Python waits for it
   before it exits. A daemon thread still inside the teardown when the
