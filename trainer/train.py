@@ -310,8 +310,9 @@ class Trainer:
   def _train_iterator(self, step: int):
     """(iterator from `step` on, the step where it runs out)."""
     epoch, offset = divmod(step, self.steps_per_epoch)
-    # Epochs are chained in one dataset (a new iterator retraces the step
-    # function), but not too many: a very long chain is slow to build.
+    # Epochs are chained in one dataset (a new tf.distribute iterator
+    # retraces the step function; the dataset's own does not), but not too
+    # many: a very long chain is slow to build.
     num_epochs = min(MAX_CHAINED_EPOCHS,
                      -(-(self.total_steps - step + offset) // self.steps_per_epoch))
     def fn(ctx):
@@ -335,10 +336,10 @@ class Trainer:
     thread: a 600-step run's process exited 20-34 s after its last log line
     as its iterators were dropped, 0.6-0.9 s with the dataset's own (three
     runs each, 2026-12-03; training speed 0.99x, bench_train.py
-    --impls=ours,ours_distiter). Several replicas per
-    worker (GPUs, --num_cpu_devices) keep tf.distribute's iterator, which
-    splits every batch among them and prefetches to the devices. The input
-    context is the one tf.distribute gives, so the batches are the same.
+    --impls=ours,ours_distiter). Several replicas per worker (GPUs,
+    --num_cpu_devices) keep tf.distribute's iterator, which splits every
+    batch among them and prefetches to the devices. The input context is
+    the one tf.distribute gives, so the batches are the same.
     """
     datasets = []
     def make(ctx):

@@ -315,7 +315,7 @@ def test_one_cpu_replica_iterates_the_dataset_itself(tiny_dataset, tmp_path, tin
   """With one replica on a CPU the trainer iterates the dataset itself, not
   through tf.distribute's iterator (whose per-device iterators keep tf.data's
   autotuning, and whose teardown at exit held a finished run's process for
-  24 s), and reads the same train and evaluation batches. With 2 replicas
+  20-34 s), and reads the same train and evaluation batches. With 2 replicas
   tf.distribute's iterator stays: it splits each batch among them."""
   config = config_lib.TrainConfig(dataset_dir=str(tiny_dataset), model_dir=str(tmp_path / "m"),
                                   train_steps=1, strategy="one_device", **SMALL_MODEL)
