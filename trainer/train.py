@@ -41,6 +41,13 @@ class Preempted(SystemExit):
     super().__init__(PREEMPTED_EXIT_CODE)
 
 
+def one_cpu_replica(worker_devices) -> bool:
+  """Whether a worker with these replica devices runs one replica, on a
+  CPU: then the trainer reads the dataset's own iterator (Trainer._iterate)."""
+  return (len(worker_devices) == 1
+          and tf.DeviceSpec.from_string(worker_devices[0]).device_type == "CPU")
+
+
 def create_strategy(config) -> tf.distribute.Strategy:
   """The tf.distribute strategy named by --strategy."""
   if config.num_cpu_devices:
@@ -235,9 +242,7 @@ class Trainer:
     self._stop_requested = False
     self.preemption = None  # multi_worker: a PreemptionCheckpointHandler
     self._eval_iterators = {}  # split -> its iterator, for every evaluation
-    devices = self.strategy.extended.worker_devices
-    self._one_cpu_replica = (
-        len(devices) == 1 and tf.DeviceSpec.from_string(devices[0]).device_type == "CPU")
+    self._one_cpu_replica = one_cpu_replica(self.strategy.extended.worker_devices)
     self._build_functions()
 
   # ---- compiled steps ---------------------------------------------------

@@ -334,3 +334,16 @@ def test_one_cpu_replica_iterates_the_dataset_itself(tiny_dataset, tmp_path, tin
   assert trainer.evaluate() == own_eval
   two_replicas = tiny_run[3]
   assert isinstance(two_replicas._train_iterator(0)[0], tf.distribute.DistributedIterator)  # pylint: disable=protected-access
+
+
+def test_only_one_cpu_replica_per_worker_iterates_the_dataset_itself():
+  """The selection behind Trainer._iterate, for the devices a strategy can
+  have: GPUs and several replicas keep tf.distribute's iterator."""
+  assert train.one_cpu_replica(("/job:localhost/replica:0/task:0/device:CPU:0",))
+  assert train.one_cpu_replica(("/job:worker/replica:0/task:1/device:CPU:0",))
+  assert not train.one_cpu_replica(("/job:localhost/replica:0/task:0/device:GPU:0",))
+  assert not train.one_cpu_replica(("/job:worker/replica:0/task:1/device:GPU:0",))
+  assert not train.one_cpu_replica(("/job:localhost/replica:0/task:0/device:CPU:0",
+                                    "/job:localhost/replica:0/task:0/device:CPU:1"))
+  assert not train.one_cpu_replica(("/job:localhost/replica:0/task:0/device:GPU:0",
+                                    "/job:localhost/replica:0/task:0/device:GPU:1"))
