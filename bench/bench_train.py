@@ -262,8 +262,7 @@ WORKERS = {"ours": work_ours, "keras": work_keras, "torch": work_torch,
 # The ratios printed: each (numerator, denominator) whose both were measured.
 RATIOS = (("ours", "keras"), ("ours", "torch"), ("ours", "ours_gates"), ("ours", "ours_tfops"),
           ("ours", "ours_malloc"), ("ours", "ours_mmap"), ("ours", "ours_distiter"),
-          ("ours", "ours_tfmatmul"),
-          ("ours", "keras_bfc"),
+          ("ours", "ours_tfmatmul"), ("ours", "keras_bfc"),
           ("ours_bf16", "torch_bf16"), ("ours_bf16", "ours"),
           ("ours_bf16", "ours_bf16_tfops"))
 

@@ -106,10 +106,10 @@ def drop_in_background(holder: list) -> None:
   without_autotuning): tf.distribute's per-device iterators keep their
   autotuning (the trainer's iterators with several replicas per worker),
   and after 12 s of reading, dropping such an iterator took 8.4 s in 3 of
-  4 runs (2026-12-03). Dropped on another thread, the
-  trainer goes on at once (a new iterator ran meanwhile at full speed; the
-  export starts without waiting). Not a daemon thread: Python waits for it
-  before it exits. A daemon thread still inside the teardown when the
+  4 runs (2026-12-03). Dropped on another thread, the trainer goes on at
+  once (a new iterator ran meanwhile at full speed; the export starts
+  without waiting). Not a daemon thread: Python waits for it before it
+  exits. A daemon thread still inside the teardown when the
   interpreter shut down aborted the process ("terminate called after
   throwing an instance of ... FATAL: exception not rethrown", a
   multi-worker test's second worker).
