@@ -41,8 +41,7 @@ interleaved in every round (ours, keras, torch, ours, ...):
          trainer/heap.keep_freed_memory).
   ours_distiter (not measured by default)
          ours reading its batches through tf.distribute's iterator, as the
-         trainer did until 2026-12-03 with one CPU replica (see
-         trainer/train.Trainer._iterate).
+         trainer did until 2026-12-03 (see trainer/train.Trainer._iterate).
   ours_bf16, torch_bf16 (and ours_bf16_tfops, not measured by default)
          the same two in bfloat16 mixed precision (float32 weights and
          loss): ours with --mixed_precision (mixed_bfloat16 on a CPU),
@@ -141,13 +140,15 @@ def work_ours(batch, data_dir, steps, warmup, *, mixed_precision=False, gate_ops
     fused_lstm._gate_ops = lambda dtype: None  # pylint: disable=protected-access
   elif lstm_ops.load() is None:
     raise SystemExit("ours needs the compiled gate ops: python -m trainer.lstm_ops")
+  if not own_iterator:  # before the Trainer builds its step functions
+    train.Trainer._iterate = lambda self, fn: iter(  # pylint: disable=protected-access
+        self.strategy.distribute_datasets_from_function(fn))
+    train.Trainer._per_replica = lambda self, batches: batches  # pylint: disable=protected-access
   with tempfile.TemporaryDirectory() as tmp:
     trainer = train.Trainer(train_config.TrainConfig(
         dataset_dir=data_dir, model_dir=tmp, embedding_dim=EMBEDDING, units=UNITS,
         num_layers=2, batch_size=batch, train_steps=100_000, shuffle_buffer=1000,
         mixed_precision=mixed_precision))
-    if not own_iterator:
-      trainer._one_cpu_replica = False  # pylint: disable=protected-access
     iterator, _ = trainer._train_iterator(0)  # pylint: disable=protected-access
     float(trainer._train_loop(iterator, tf.constant(warmup))[0])  # pylint: disable=protected-access
     start = time.perf_counter()

@@ -7,7 +7,6 @@ parsing, so no window is replayed or skipped after a restart.
 """
 
 import os
-import threading
 from typing import List
 
 import numpy as np
@@ -88,35 +87,13 @@ def without_autotuning(ds):
   for it to wake (a fit() of 20 steps returned exactly 20.47 s after it
   began, and dropping the trainer's iterator after 60 s of training took
   24 s). tf.distribute's per-device iterators keep their own autotuning
-  (their options are not ours to set), so a teardown can still wait: with
-  one replica per worker on a CPU the trainer does without them
-  (Trainer._iterate); otherwise it keeps its evaluation iterators, and
-  drops its train iterators on another thread (drop_in_background).
+  (their options are not ours to set), so the trainer does without them
+  (Trainer._iterate): dropping its iterators took 0.16-0.20 s, with one
+  CPU device or two (2026-12-03).
   """
   options = tf.data.Options()
   options.autotune.enabled = False
   return ds.with_options(options)
-
-
-def drop_in_background(holder: list) -> None:
-  """Empties `holder` on a thread of its own, so the iterators in it, if
-  it held their only references, are torn down there.
-
-  A teardown can wait up to 60 s for tf.data's autotuning thread (see
-  without_autotuning): tf.distribute's per-device iterators keep their
-  autotuning (the trainer's iterators with several replicas per worker),
-  and after 12 s of reading, dropping such an iterator took 8.4 s in 3 of
-  4 runs (2026-12-03). Dropped on another thread, the trainer goes on at
-  once (a new iterator ran meanwhile at full speed; the export starts
-  without waiting). Not a daemon thread: Python waits for it before it
-  exits. A daemon thread still inside the teardown when the
-  interpreter shut down aborted the process ("terminate called after
-  throwing an instance of ... FATAL: exception not rethrown", a
-  multi-worker test's second worker).
-  """
-  items = list(holder)
-  holder.clear()
-  threading.Thread(target=items.clear, name="textgen-iterator-teardown").start()
 
 
 def _replicas_per_pipeline(ctx) -> int:
@@ -138,8 +115,9 @@ def make_train_dataset(ctx, *, files, meta, global_batch_size: int, seed: int,
   only steps_per_epoch batches ran dry at half the steps the trainer
   expected, and a resume skipped half of what had been read: fixed
   2026-12-03). Epochs follow each other inside one
-  dataset, so the training loop never re-creates its iterator (which would
-  retrace the step function: about 30 s on 2 cores).
+  dataset, so the training loop rarely re-creates its iterator (a new
+  tf.distribute iterator retraced the step function: about 30 s on 2
+  cores; the trainer now reads the dataset's own, see Trainer._iterate).
 
   Args:
     ctx: the tf.distribute.InputContext (None outside a strategy).

@@ -41,11 +41,11 @@ class Preempted(SystemExit):
     super().__init__(PREEMPTED_EXIT_CODE)
 
 
-def one_cpu_replica(worker_devices) -> bool:
-  """Whether a worker with these replica devices runs one replica, on a
-  CPU: then the trainer reads the dataset's own iterator (Trainer._iterate)."""
-  return (len(worker_devices) == 1
-          and tf.DeviceSpec.from_string(worker_devices[0]).device_type == "CPU")
+def input_device(worker_devices) -> str:
+  """Where a worker's input pipeline and its iterator run: the CPU of the
+  host its replica devices are on (GPUs, or logical CPU devices)."""
+  spec = tf.DeviceSpec.from_string(worker_devices[0])
+  return spec.replace(device_type="CPU", device_index=0).to_string()
 
 
 def create_strategy(config) -> tf.distribute.Strategy:
@@ -242,7 +242,8 @@ class Trainer:
     self._stop_requested = False
     self.preemption = None  # multi_worker: a PreemptionCheckpointHandler
     self._eval_iterators = {}  # split -> its iterator, for every evaluation
-    self._one_cpu_replica = one_cpu_replica(self.strategy.extended.worker_devices)
+    self._local_replicas = len(self.strategy.extended.worker_devices)
+    self._input_device = input_device(self.strategy.extended.worker_devices)
     self._build_functions()
 
   # ---- compiled steps ---------------------------------------------------
@@ -253,6 +254,7 @@ class Trainer:
     clip = self.config.clip_norm
     replicas = float(self.replicas)
     loss_scaling = self.loss_scaling
+    per_replica = self._per_replica
 
     def token_stats(targets, logits):
       per_token = keras.losses.sparse_categorical_crossentropy(
@@ -286,7 +288,7 @@ class Trainer:
     def train_loop(iterator, num_steps):
       totals = [tf.constant(0.0)] * 4
       for _ in tf.range(num_steps):
-        out = strategy.run(train_step, args=(next(iterator),))
+        out = strategy.run(train_step, args=(per_replica(next(iterator)),))
         out = [strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in out[:3]] + [
             strategy.reduce(tf.distribute.ReduceOp.MEAN, out[3], axis=None)]
         totals = [t + v for t, v in zip(totals, out)]
@@ -302,7 +304,7 @@ class Trainer:
     def eval_loop(iterator, num_steps):
       totals = [tf.constant(0.0)] * 3
       for _ in tf.range(num_steps):
-        out = strategy.run(eval_step, args=(next(iterator),))
+        out = strategy.run(eval_step, args=(per_replica(next(iterator)),))
         totals = [t + strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
                   for t, v in zip(totals, out)]
       return totals
@@ -312,12 +314,28 @@ class Trainer:
 
   # ---- data --------------------------------------------------------------
 
+  def _per_replica(self, batches):
+    """The next element of an iterator of _iterate as the batch of each of
+    this worker's replicas: with several, the first to its first replica,
+    and so on. Replica ids count over all workers, a worker's in a row
+    (MultiWorkerMirroredStrategy: worker x local replicas + local index),
+    so the remainder is the local index. MultiWorkerMirroredStrategy has
+    several replicas per worker only with GPUs, which no test here has."""
+    local = self._local_replicas
+    if local == 1:
+      return batches
+    def value(ctx):
+      with tf.device(self._input_device):
+        return tuple(t[ctx.replica_id_in_sync_group % local] for t in batches)
+    return self.strategy.experimental_distribute_values_from_function(value)
+
   def _train_iterator(self, step: int):
     """(iterator from `step` on, the step where it runs out)."""
     epoch, offset = divmod(step, self.steps_per_epoch)
-    # Epochs are chained in one dataset (a new tf.distribute iterator
-    # retraces the step function; the dataset's own does not), but not too
-    # many: a very long chain is slow to build.
+    # Epochs are chained in one dataset, so new iterators are rare (each
+    # new tf.distribute iterator retraced the step function, about 30 s on
+    # 2 cores; the dataset's own does not), but not too many: a very long
+    # chain is slow to build.
     num_epochs = min(MAX_CHAINED_EPOCHS,
                      -(-(self.total_steps - step + offset) // self.steps_per_epoch))
     def fn(ctx):
@@ -333,28 +351,33 @@ class Trainer:
   def _iterate(self, dataset_fn):
     """An iterator over this worker's batches, `dataset_fn(input_context)`.
 
-    With one replica per worker on a CPU, the iterator of the dataset itself,
-    whose batches `strategy.run` takes as they are. tf.distribute's iterator
-    would put a per-device iterator of its own in between, with tf.data's
-    autotuning on (its options are not ours to set, see
-    data.without_autotuning), and its teardown waited for autotuning's
-    thread: a 600-step run's process exited 20-34 s after its last log line
-    as its iterators were dropped, 0.6-0.9 s with the dataset's own (three
-    runs each, 2026-12-03; training speed 0.99x, bench_train.py
-    --impls=ours,ours_distiter). Several replicas per worker (GPUs,
-    --num_cpu_devices) keep tf.distribute's iterator, which splits every
-    batch among them and prefetches to the devices. The input context is
-    the one tf.distribute gives, so the batches are the same.
+    The iterator of the dataset itself, on the host's CPU, with the input
+    context tf.distribute gives. With several replicas per worker (GPUs,
+    --num_cpu_devices) it yields their batches stacked, one per replica,
+    and _per_replica hands them out: the same batches to the same replicas
+    as tf.distribute's iterator, which deals a pipeline's batches out in
+    turn to the worker's devices. A batch then reaches its GPU inside the
+    step: 2 x 256 x 128 int32 is 256 KB, tens of microseconds against a
+    step of about 100 ms (docs/scaling.md).
+
+    tf.distribute's iterator is not used: its per-device iterators keep
+    tf.data's autotuning (their options are not ours to set, see
+    data.without_autotuning), and their teardown waited for autotuning's
+    thread. A finished run's process exited 20-34 s after its last log line
+    (600 steps, one CPU, three runs, 2026-12-03) and 4-54 s with 2 CPU
+    devices (three runs); 0.6-2 s with the dataset's own iterator, with
+    the same losses to the last digit and the same speed.
     """
     datasets = []
     def make(ctx):
       datasets.append(dataset_fn(ctx))
       return datasets[-1]
-    distributed = self.strategy.distribute_datasets_from_function(make)
-    if not self._one_cpu_replica:
-      return iter(distributed)
-    with tf.device(self.strategy.extended.worker_devices[0]):
-      return iter(datasets[0])
+    self.strategy.distribute_datasets_from_function(make)  # calls make
+    dataset = datasets[0]
+    if self._local_replicas > 1:
+      dataset = dataset.batch(self._local_replicas, drop_remainder=True)
+    with tf.device(self._input_device):
+      return iter(dataset)
 
   def evaluate(self, split: str = "validation") -> dict:
     """Loss, perplexity and accuracy on `split` ({} if it has no windows)."""
@@ -488,27 +511,19 @@ class Trainer:
     eval_every = config.eval_every or self.steps_per_epoch
     step = int(self.step.numpy())
     last_eval = {}
-    # `current` holds the one reference to the train iterator, so that it
-    # can be dropped on another thread (data.drop_in_background: its
-    # teardown can stall).
     iterator, iterator_end = self._train_iterator(step)
-    current = [iterator]
-    del iterator
     start_time, start_step = time.time(), step
     window_time, window_steps = time.time(), 0
     totals = np.zeros(4)
     while step < self.total_steps:
       if step >= iterator_end:
-        data.drop_in_background(current)
         iterator, iterator_end = self._train_iterator(step)
-        current.append(iterator)
-        del iterator
       boundary = min(self.total_steps, iterator_end,
                      (step // config.log_every + 1) * config.log_every,
                      (step // config.checkpoint_every + 1) * config.checkpoint_every,
                      (step // eval_every + 1) * eval_every)
       num = boundary - step
-      out = self._train_loop(current[0], tf.constant(num))
+      out = self._train_loop(iterator, tf.constant(num))
       step = boundary
       self.step.assign(step)
       totals[:3] += [float(v) for v in out[:3]]
@@ -535,9 +550,7 @@ class Trainer:
         self.store.save(step)
         self.store.wait()
         logging.warning("Preempted at step %d; checkpoint saved, exiting", step)
-        data.drop_in_background(current)
         raise Preempted()
-    data.drop_in_background(current)
     self._sync_tensorboard(train_writer, val_writer)
     return {"step": step, "validation": last_eval,
             "best_validation_loss": float(self.best_val_loss.numpy())}

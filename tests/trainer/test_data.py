@@ -94,22 +94,3 @@ def test_an_epoch_is_steps_per_epoch_global_steps_on_two_replicas(tiny_dataset):
   assert len(resumed) == 8
   for a, b in zip(resumed, alone[7:]):
     np.testing.assert_array_equal(a, b)
-
-
-def test_drop_in_background_releases_the_items_on_another_thread():
-  import threading  # pylint: disable=g-import-not-at-top
-  dropped = threading.Event()
-  where = []
-
-  class Item:
-    def __del__(self):
-      where.append((threading.current_thread().name, threading.current_thread().daemon))
-      dropped.set()
-
-  holder = [Item()]
-  data.drop_in_background(holder)
-  assert holder == []
-  assert dropped.wait(10)
-  # Not a daemon thread: interpreter shutdown waits for it instead of
-  # killing it inside TensorFlow's teardown (which aborted a worker).
-  assert where == [("textgen-iterator-teardown", False)]

@@ -311,39 +311,62 @@ def test_repeated_evaluations_see_the_same_windows_without_retracing(tiny_run):
   assert trainer._eval_loop.experimental_get_tracing_count() == traces  # pylint: disable=protected-access
 
 
-def test_one_cpu_replica_iterates_the_dataset_itself(tiny_dataset, tmp_path, tiny_run):
-  """With one replica on a CPU the trainer iterates the dataset itself, not
-  through tf.distribute's iterator (whose per-device iterators keep tf.data's
-  autotuning, and whose teardown at exit held a finished run's process for
-  20-34 s), and reads the same train and evaluation batches. With 2 replicas
-  tf.distribute's iterator stays: it splits each batch among them."""
-  config = config_lib.TrainConfig(dataset_dir=str(tiny_dataset), model_dir=str(tmp_path / "m"),
-                                  train_steps=1, strategy="one_device", **SMALL_MODEL)
-  trainer = train.Trainer(config)
-  own, _ = trainer._train_iterator(3)  # pylint: disable=protected-access
-  own_eval = trainer.evaluate()
+def _same_batches_as_tf_distribute(trainer, make_iterator, steps):
+  """Asserts that the trainer's iterator, made by make_iterator(), gives
+  each replica the batches tf.distribute's own iterator of the same
+  dataset function gives it, for `steps` steps."""
+  fns = []
+  iterate = trainer._iterate  # pylint: disable=protected-access
+  def capture(fn):
+    fns.append(fn)
+    return iterate(fn)
+  trainer._iterate = capture  # pylint: disable=protected-access
+  try:
+    own = make_iterator()
+  finally:
+    del trainer._iterate
   assert isinstance(own, tf.data.Iterator)
   assert not isinstance(own, tf.distribute.DistributedIterator)
-  trainer._one_cpu_replica = False  # pylint: disable=protected-access
-  trainer._eval_iterators.clear()  # pylint: disable=protected-access
-  distributed, _ = trainer._train_iterator(3)  # pylint: disable=protected-access
-  assert isinstance(distributed, tf.distribute.DistributedIterator)
-  for _ in range(3):
-    for a, b in zip(next(own), next(distributed)):
-      np.testing.assert_array_equal(a.numpy(), trainer.strategy.experimental_local_results(b)[0])
-  assert trainer.evaluate() == own_eval
-  two_replicas = tiny_run[3]
-  assert isinstance(two_replicas._train_iterator(0)[0], tf.distribute.DistributedIterator)  # pylint: disable=protected-access
+  distributed = iter(trainer.strategy.distribute_datasets_from_function(fns[0]))
+  local = trainer.strategy.experimental_local_results
+  for _ in range(steps):
+    ours = local(trainer._per_replica(next(own)))  # pylint: disable=protected-access
+    theirs = local(next(distributed))
+    assert len(ours) == len(theirs) == trainer.replicas
+    for mine, other in zip(ours, theirs):
+      for a, b in zip(mine, other):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert not np.array_equal(ours[0][0].numpy(), ours[-1][0].numpy()) or trainer.replicas == 1
 
 
-def test_only_one_cpu_replica_per_worker_iterates_the_dataset_itself():
-  """The selection behind Trainer._iterate, for the devices a strategy can
-  have: GPUs and several replicas keep tf.distribute's iterator."""
-  assert train.one_cpu_replica(("/job:localhost/replica:0/task:0/device:CPU:0",))
-  assert train.one_cpu_replica(("/job:worker/replica:0/task:1/device:CPU:0",))
-  assert not train.one_cpu_replica(("/job:localhost/replica:0/task:0/device:GPU:0",))
-  assert not train.one_cpu_replica(("/job:worker/replica:0/task:1/device:GPU:0",))
-  assert not train.one_cpu_replica(("/job:localhost/replica:0/task:0/device:CPU:0",
-                                    "/job:localhost/replica:0/task:0/device:CPU:1"))
-  assert not train.one_cpu_replica(("/job:localhost/replica:0/task:0/device:GPU:0",
-                                    "/job:localhost/replica:0/task:0/device:GPU:1"))
+def test_the_trainer_iterates_its_datasets_itself(tiny_dataset, tmp_path, tiny_run):
+  """The trainer reads the dataset's own iterator, not tf.distribute's
+  (whose per-device iterators keep tf.data's autotuning, and whose teardown
+  at exit held a finished run's process for 20-54 s), and hands every
+  replica the same train and evaluation batches as tf.distribute's would:
+  one CPU replica, and 2 replicas that take 2 batches per step."""
+  config = config_lib.TrainConfig(dataset_dir=str(tiny_dataset), model_dir=str(tmp_path / "m"),
+                                  train_steps=1, strategy="one_device", **SMALL_MODEL)
+  one = train.Trainer(config)
+  two = tiny_run[3]
+  for trainer in (one, two):
+    _same_batches_as_tf_distribute(trainer, lambda t=trainer: t._train_iterator(3)[0], 4)  # pylint: disable=protected-access
+    def eval_iterator(t=trainer):
+      t._eval_iterators.clear()  # pylint: disable=protected-access
+      t.evaluate()
+      return t._eval_iterators["validation"]  # pylint: disable=protected-access
+    _same_batches_as_tf_distribute(trainer, eval_iterator, 2)
+
+
+def test_the_input_pipeline_runs_on_the_hosts_cpu():
+  """Trainer._iterate's device, for the devices a strategy can have."""
+  assert train.input_device(("/job:localhost/replica:0/task:0/device:CPU:0",)) == (
+      "/job:localhost/replica:0/task:0/device:CPU:0")
+  assert train.input_device(("/job:localhost/replica:0/task:0/device:CPU:0",
+                             "/job:localhost/replica:0/task:0/device:CPU:1")) == (
+      "/job:localhost/replica:0/task:0/device:CPU:0")
+  assert train.input_device(("/job:worker/replica:0/task:1/device:GPU:0",
+                             "/job:worker/replica:0/task:1/device:GPU:1")) == (
+      "/job:worker/replica:0/task:1/device:CPU:0")
+  assert train.input_device(("/job:localhost/replica:0/task:0/device:GPU:0",)) == (
+      "/job:localhost/replica:0/task:0/device:CPU:0")
