@@ -336,13 +336,14 @@ def _same_batches_as_tf_distribute(trainer, make_iterator, steps):
     for mine, other in zip(ours, theirs):
       for a, b in zip(mine, other):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
-    assert not np.array_equal(ours[0][0].numpy(), ours[-1][0].numpy()) or trainer.replicas == 1
+    if trainer.replicas > 1:  # and the replicas get different batches
+      assert not np.array_equal(ours[0][0].numpy(), ours[1][0].numpy())
 
 
 def test_the_trainer_iterates_its_datasets_itself(tiny_dataset, tmp_path, tiny_run):
   """The trainer reads the dataset's own iterator, not tf.distribute's
   (whose per-device iterators keep tf.data's autotuning, and whose teardown
-  at exit held a finished run's process for 20-54 s), and hands every
+  at exit held a finished run's process for up to 54 s), and hands every
   replica the same train and evaluation batches as tf.distribute's would:
   one CPU replica, and 2 replicas that take 2 batches per step."""
   config = config_lib.TrainConfig(dataset_dir=str(tiny_dataset), model_dir=str(tmp_path / "m"),
