@@ -3,9 +3,9 @@ r"""Runs every benchmark and writes bench/results/RESULTS.md and a plot.
   python bench/run_all.py [--skip_quality] [--quality_recipe=shakespeare_char]
 
 1. bench_preprocess.py, bench_subword.py, bench_input.py, bench_train.py,
-   bench_generate.py: each prints a markdown table of absolute numbers and
-   the ratio to a baseline measured in the same run; they are collected into
-   RESULTS.md with the machine's description.
+   bench_generate.py, bench_cpu_peak.py: each prints a markdown table of
+   absolute numbers and the ratio to a baseline measured in the same run;
+   they are collected into RESULTS.md with the machine's description.
 2. The quality recipe (recipes/<name>/*.flags): preprocess + train, then its
    validation loss is plotted against wall time and against tokens seen
    (bench/results/validation_loss.svg) from the run's TensorBoard events,
@@ -220,7 +220,8 @@ def main(_):
       ("Unigram training", "bench_subword.py", []),
       ("Training input pipeline", "bench_input.py", []),
       ("Training", "bench_train.py", []),
-      ("Generation", "bench_generate.py", [])):
+      ("Generation", "bench_generate.py", []),
+      ("CPU ceilings: FMA units and matrix products", "bench_cpu_peak.py", [])):
     header, table = run_bench(script, *args)
     sections.append(f"## {title}\n\n{header}\n\n{table}\n")
     print(sections[-1], flush=True)
