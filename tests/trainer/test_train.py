@@ -371,3 +371,38 @@ def test_the_input_pipeline_runs_on_the_hosts_cpu():
       "/job:worker/replica:0/task:1/device:CPU:0")
   assert train.input_device(("/job:localhost/replica:0/task:0/device:GPU:0",)) == (
       "/job:localhost/replica:0/task:0/device:CPU:0")
+
+
+def test_two_replicas_resume_exactly_where_they_stopped(tiny_dataset, tmp_path):
+  """A 2-replica run stopped mid-epoch (the SIGTERM path: checkpoint, then
+  exit 143) and resumed by a new Trainer ends with the weights of one that
+  ran straight through: the resumed iterator starts at the batch each
+  replica would have read next."""
+  settings = dict(SMALL_MODEL, dataset_dir=str(tiny_dataset), train_steps=12, log_every=3,
+                  checkpoint_every=3, eval_every=1000, seed=5)
+
+  def trainer_for(name):
+    return train.Trainer(config_lib.TrainConfig(model_dir=str(tmp_path / name), **settings))
+
+  def weights(trainer):
+    trainer.store.close()
+    trainer.best_store.close()
+    return [w.numpy() for w in trainer.model.weights]
+
+  straight = trainer_for("straight")
+  assert straight.replicas == 2
+  assert 3 % straight.steps_per_epoch, "step 3 should fall inside an epoch"
+  straight.run()
+  expected = weights(straight)
+
+  stopped = trainer_for("resumed")
+  stopped._stop_requested = True  # pylint: disable=protected-access
+  with pytest.raises(SystemExit) as exit_info:
+    stopped.run()
+  assert exit_info.value.code == train.PREEMPTED_EXIT_CODE
+  assert int(stopped.step.numpy()) == 3
+  weights(stopped)
+  resumed = trainer_for("resumed")
+  assert resumed.run()["step"] == 12
+  for a, b in zip(weights(resumed), expected):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
