@@ -364,8 +364,8 @@ class Trainer:
     tf.data's autotuning (their options are not ours to set, see
     data.without_autotuning), and their teardown waited for autotuning's
     thread. A finished run's process exited 20-34 s after its last log line
-    (600 steps, one CPU, three runs, 2026-12-03) and 4-54 s with 2 CPU
-    devices (three runs); 0.6-2 s with the dataset's own iterator, with
+    (600 steps, one CPU, three runs, 2026-12-03) and 2.5-54 s with 2 CPU
+    devices (three runs); 0.6-1.2 s with the dataset's own iterator, with
     the same losses to the last digit and the same speed.
     """
     datasets = []
