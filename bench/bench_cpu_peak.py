@@ -15,7 +15,8 @@ ceilings on this machine:
   matmul  TensorFlow's float32 matmul (bench/machine.matmul_flops) at a
           2048^2 square and at the decode step's largest product at batch
           256 (256x512x1024); the same for PyTorch's torch.mm (its CPU
-          build's BLAS) where it is installed (pip install -e '.[bench]').
+          build's BLAS; bench/machine.torch_matmul_flops) where it is
+          installed (pip install -e '.[bench]').
 
 Prints the machine, its 1-minute load average before and after, each
 figure (best of 5), the clock the FMA figures imply (32 FLOP per cycle
@@ -28,7 +29,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
 from absl import app
 
@@ -111,32 +111,6 @@ def fma_flops(binary: str, threads: int, iterations: int = 100_000_000) -> float
   return float(out.split()[0])
 
 
-def torch_matmul_flops(m: int, k: int, n: int, *, trials: int = 5,
-                       min_seconds: float = 0.2) -> float:
-  """Best float32 FLOP/s of (m, k) @ (k, n) in PyTorch (0 without it),
-  looped as machine.matmul_flops loops TensorFlow's."""
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return 0.0
-  torch.set_num_threads(os.cpu_count() or 1)
-  a, b = torch.randn(m, k), torch.randn(k, n)
-  flops = 2.0 * m * k * n
-  reps = max(2, int(min_seconds * 2e11 // flops))
-  def loop(count):
-    out = torch.zeros(m, n)
-    for _ in range(count):
-      out = torch.mm(a + out[:, :1] * 0.0, b)
-    return out
-  loop(2)
-  best = 0.0
-  for _ in range(trials):
-    start = time.perf_counter()
-    loop(reps)
-    best = max(best, reps * flops / (time.perf_counter() - start))
-  return best
-
-
 def main(argv):
   del argv
   flags = cpu_flags()
@@ -152,7 +126,7 @@ def main(argv):
   for name, (m, k, n) in (("2048x2048x2048", (2048, 2048, 2048)),
                           ("256x512x1024 (decode, batch 256)", (256, 512, 1024))):
     rows.append((f"TensorFlow matmul {name}", machine.matmul_flops(m, k, n) / 1e9))
-    rows.append((f"PyTorch torch.mm {name}", torch_matmul_flops(m, k, n) / 1e9))
+    rows.append((f"PyTorch torch.mm {name}", machine.torch_matmul_flops(m, k, n) / 1e9))
   print(f"\n{machine.describe()} (after)\n")
   print("| ceiling | GFLOP/s | share of the FMA peak on every CPU |")
   print("|---|---:|---:|")

@@ -81,13 +81,41 @@ def matmul_flops(m: int, k: int, n: int, *, trials: int = 5,
       out = tf.matmul(a + out[:, :1] * 0.0, b)
     return out
 
+  return _best_flops(lambda reps: loop(a, b, tf.constant(reps)).numpy(), m, k, n,
+                     trials=trials, min_seconds=min_seconds)
+
+
+def torch_matmul_flops(m: int, k: int, n: int, *, trials: int = 5,
+                       min_seconds: float = 0.2) -> float:
+  """Best float32 FLOP/s of (m, k) @ (k, n) in PyTorch on one thread per
+  CPU, looped as matmul_flops loops TensorFlow's; 0 without PyTorch."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return 0.0
+  torch.set_num_threads(os.cpu_count() or 1)
+  a, b = torch.randn(m, k), torch.randn(k, n)
+
+  def loop(reps):
+    out = torch.zeros(m, n)
+    for _ in range(reps):
+      out = torch.mm(a + out[:, :1] * 0.0, b)
+    return out
+
+  return _best_flops(loop, m, k, n, trials=trials, min_seconds=min_seconds)
+
+
+def _best_flops(loop, m: int, k: int, n: int, *, trials: int, min_seconds: float) -> float:
+  """Best FLOP/s of loop(reps), which runs reps (m, k) @ (k, n) products
+  one after another: a first call of 2 (tracing, warm thread pools), then
+  `trials` timed calls of about min_seconds each."""
   flops = 2.0 * m * k * n
   reps = max(2, int(min_seconds * 2e11 // flops))
-  loop(a, b, tf.constant(2)).numpy()  # trace and warm the thread pools
+  loop(2)
   best = 0.0
   for _ in range(trials):
     start = time.perf_counter()
-    loop(a, b, tf.constant(reps)).numpy()
+    loop(reps)
     best = max(best, reps * flops / (time.perf_counter() - start))
   return best
 
