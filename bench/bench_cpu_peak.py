@@ -36,7 +36,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import machine  # pylint: disable=wrong-import-position
-from trainer.cpuinfo import cpu_flags  # pylint: disable=wrong-import-position
+from dataspec.cpuinfo import cpu_flags  # pylint: disable=wrong-import-position
 
 CHAINS = 12  # independent accumulators: 2 pipes x 4 cycles latency, and more
 FLOP_PER_CYCLE = 32  # two 8-wide float32 FMA pipes, 2 FLOP each

@@ -27,6 +27,10 @@ every round:
             ours through generate_samples, the settings as inputs: what the
             SavedModel's `generate` signature runs (all four decoding loops
             traced, one picked per call).
+  ours_fused
+            ours with textgen-generate's --decode_ops=fused: each LSTM layer's
+            step as one compiled op, sampling's noise as another
+            (dataspec/decode_ops.py; AVX2 x86-64 CPUs).
   ours_bf16, torch_bf16
             ours with textgen-generate's --precision=bfloat16 (products in
             bfloat16), PyTorch's loop under torch.autocast("cpu",
@@ -61,10 +65,11 @@ _ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved rounds.")
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 256, "Decoded tokens per measurement.")
 _TUTORIAL_TOKENS = flags.DEFINE_integer("tutorial_tokens", 8, "Tokens of the tutorial loop.")
 _BATCHES = flags.DEFINE_list("batch_sizes", ["1", "256"], "Batch sizes.")
-_IMPLS = flags.DEFINE_list("impls", ["ours", "keras", "torch", "tutorial", "ours_bf16",
-                                     "torch_bf16"],
+_IMPLS = flags.DEFINE_list("impls", ["ours", "ours_fused", "keras", "torch", "tutorial",
+                                     "ours_bf16", "torch_bf16"],
                            "What to measure. By default the *_bf16 ones only on "
-                           "CPUs with bfloat16 units (AMX, AVX512_BF16).")
+                           "CPUs with bfloat16 units (AMX, AVX512_BF16), ours_fused "
+                           "only with AVX2 and FMA.")
 _WORKER = flags.DEFINE_string("worker", None, "Internal: measure one implementation.")
 _BATCH = flags.DEFINE_integer("batch", 1, "Internal: the worker's batch size.")
 
@@ -86,7 +91,8 @@ def best_of(fn, times=3) -> float:
 
 # ---- workers (each in its own process) ---------------------------------------
 
-def work_ours(batch, new_tokens, *, precision="float32", signature=False):
+def work_ours(batch, new_tokens, *, precision="float32", signature=False,
+              decode_ops="tensorflow"):
   # As textgen-generate imports TensorFlow: without Keras.
   from dataspec import lean_tensorflow  # pylint: disable=g-import-not-at-top,unused-import
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -111,7 +117,8 @@ def work_ours(batch, new_tokens, *, precision="float32", signature=False):
     rng = np.random.default_rng(0)
     weights = {name: rng.normal(0, 0.1, shape).astype(np.float32)
                for name, shape in export_lib.weight_shapes(spec).items()}
-    lm = serving.LanguageModel(spec, weights, tok_spec, vocab, precision=precision)
+    lm = serving.LanguageModel(spec, weights, tok_spec, vocab, precision=precision,
+                               decode_ops=decode_ops)
     # A different prompt in every row (128 chars = 128 tokens): rows with
     # the same prompt share one prefill, measured apart below ("shared").
     return lm, [text[i * WINDOW:(i + 1) * WINDOW] for i in range(batch)]
@@ -234,6 +241,7 @@ WORKERS = {"ours": work_ours, "keras": work_keras, "torch": work_torch,
            "tutorial": work_tutorial,
            "ours_signature": functools.partial(work_ours, signature=True),
            "ours_bf16": functools.partial(work_ours, precision="bfloat16"),
+           "ours_fused": functools.partial(work_ours, decode_ops="fused"),
            "torch_bf16": functools.partial(work_torch, bfloat16=True)}
 # "ours / x" columns for the float32 ones; bfloat16 against its own kind.
 BFLOAT16_RATIOS = (("ours_bf16", "torch_bf16"), ("ours_bf16", "ours"))
@@ -272,9 +280,10 @@ def main(_):
         f"ours samples (temperature 1), the others are greedy; "
         f"{_ROUNDS.value} rounds, medians\n")
   med = lambda i, b, key: statistics.median(r[key] for r in results[i, b])
-  others = [i for i in impls if i != "ours" and not i.endswith("_bf16")]
-  pairs = [("ours", i) for i in others] + [
-      (a, b) for a, b in BFLOAT16_RATIOS if a in impls and b in impls]
+  others = [i for i in impls if not i.startswith("ours") and not i.endswith("_bf16")]
+  pairs = [(o, i) for o in ("ours", "ours_fused") if o in impls for i in others] + [
+      (a, b) for a, b in BFLOAT16_RATIOS + (("ours_fused", "ours"),)
+      if a in impls and b in impls]
   rss = {(i, b): max(r["peak_rss_mb"] for r in results[i, b]) for i in impls for b in batches}
   print("| batch | " + " | ".join(f"{i} decode tokens/s" for i in impls) +
         " | ours prefill tokens/s | prefill / decode | " +
@@ -291,13 +300,13 @@ def main(_):
                      f"({min(r['start_rss_mb'] for r in results[i, batch]):,.0f})"
                      for i in impls) + " |")
   machine.print_memory_table(impls, batches, rss, anon, (
-      ("ours", "torch"), ("ours", "keras"), ("ours_signature", "torch"),
-      ("ours_bf16", "torch_bf16")))
+      ("ours", "torch"), ("ours", "keras"), ("ours_fused", "torch"),
+      ("ours_signature", "torch"), ("ours_bf16", "torch_bf16")))
   if "ours" in impls:
     print("\nours prefill tokens/s with one prompt in every row (the samples of one "
           "prompt share its prefill): " + ", ".join(
               f"batch {b}: {med('ours', b, 'prefill_shared'):,.0f}" for b in batches))
-  for impl in ("ours_bf16", "torch", "torch_bf16"):
+  for impl in ("ours_fused", "ours_bf16", "torch", "torch_bf16"):
     if impl in impls:
       print(f"\n{impl} prefill tokens/s: " + ", ".join(
           f"batch {b}: {med(impl, b, 'prefill'):,.0f}" for b in batches))

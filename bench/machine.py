@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Dict, Iterable, Tuple
 
-from trainer.cpuinfo import cpu_flags
+from dataspec.cpuinfo import cpu_flags
 from trainer.precision import cpu_has_bfloat16
 
 
@@ -45,14 +45,27 @@ def measurable_impls(impls: Iterable[str], *, explicit: bool) -> Tuple[list, str
   list leaves out the bfloat16 implementations: PyTorch's bfloat16 LSTM
   fails there ("could not create a primitive descriptor for the LSTM
   forward propagation primitive", oneDNN on an AVX2 CPU, 2026-12-03), and
-  the bfloat16 rows are meant for CPUs that have the units. An explicit
-  --impls runs what it names."""
+  the bfloat16 rows are meant for CPUs that have the units. Likewise the
+  fused decode ops' (*_fused) without AVX2 and FMA. An explicit --impls
+  runs what it names."""
   impls = list(impls)
-  if explicit or cpu_has_bfloat16():
+  if explicit:
     return impls, ""
-  left_out = [i for i in impls if i.endswith("_bf16")]
-  note = (f"left out: {', '.join(left_out)} (this CPU has no bfloat16 matrix units, "
-          "AMX or AVX512_BF16; name them in --impls to run them anyway)") if left_out else ""
+  notes, left_out = [], []
+  if not cpu_has_bfloat16():
+    bf16 = [i for i in impls if i.endswith("_bf16")]
+    left_out += bf16
+    if bf16:
+      notes.append(f"{', '.join(bf16)} (this CPU has no bfloat16 matrix units, AMX or "
+                   "AVX512_BF16)")
+  from dataspec import decode_ops  # pylint: disable=g-import-not-at-top
+  if not decode_ops.runs_here():
+    fused = [i for i in impls if i.endswith("_fused")]
+    left_out += fused
+    if fused:
+      notes.append(f"{', '.join(fused)} (the fused decode ops need AVX2 and FMA)")
+  note = (f"left out: {'; '.join(notes)}; name them in --impls to run them anyway"
+          if notes else "")
   return [i for i in impls if i not in left_out], note
 
 

@@ -43,12 +43,16 @@ from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from dataspec import decode_ops as decode_ops_lib
 from dataspec import export as export_lib
 from dataspec import graph_tokenizer
 from dataspec import tokenizer as tokenizer_lib
 
 SAVED_MODEL_DIR = "saved_model"
 PRECISIONS = ("float32", "bfloat16")
+# How a step's LSTM layers run: TensorFlow's own ops (what the SavedModel
+# holds), or dataspec/decode_ops.cc's one op per layer (CPU, float32).
+DECODE_OPS = ("tensorflow", "fused")
 SCORE_CHUNK = 256  # tokens per step of the score signature's loop
 PREFILL_CHUNK = 32  # prompt tokens per step of generation's prefill loop
 NOISE_BLOCK = 32  # decode positions whose sampling noise is hashed at once
@@ -195,6 +199,13 @@ class _Weights(NamedTuple):
   projection: Optional[Tuple[tf.Tensor, tf.Tensor]]  # (kernel, bias)
   output_kernel: tf.Tensor
   output_bias: tf.Tensor
+  # With decode_ops="fused", per layer: the step's kernels packed for
+  # TextgenLstmStep (decode_ops.pack_kernel: [kernel; recurrent kernel], or
+  # the recurrent kernel alone where an input table replaces the product),
+  # and the recurrent kernel alone (prefill, whose input halves are
+  # computed for the whole prompt first). None otherwise.
+  packed: Optional[Tuple[tf.Tensor, ...]] = None
+  packed_recurrent: Optional[Tuple[tf.Tensor, ...]] = None
 
 
 def _product(op, x, kernel):
@@ -226,16 +237,45 @@ class LanguageModel(tf.Module):
       256; slower at batch 1), the state, gate math and softmax in float32.
       Other text than float32's, so textgen-generate records it; the
       SavedModel the trainer writes is float32.
+    decode_ops: "tensorflow", or "fused": each LSTM layer's step (decoding
+      and prefill) runs as one compiled CPU op, TextgenLstmStep
+      (dataspec/decode_ops.cc), with float32 weights packed once per call,
+      and sampling's noise as one op (the same bits). The states then
+      differ from the SavedModel's by float rounding, so a sample can
+      differ where two tokens' noisy scores are that close;
+      textgen-generate records it. Such a model cannot be saved.
+
+  Raises:
+    ValueError: an unknown precision or decode_ops; "fused" with bfloat16,
+      with units not a multiple of 4, or where the op cannot load (not an
+      AVX2 x86-64 CPU, not built).
   """
 
   def __init__(self, spec: export_lib.ModelSpec, weights: Dict[str, np.ndarray],
                tokenizer_spec: tokenizer_lib.TokenizerSpec,
-               vocab: Optional[Sequence[str]], precision: str = "float32"):
+               vocab: Optional[Sequence[str]], precision: str = "float32",
+               decode_ops: str = "tensorflow"):
     super().__init__(name="lstm_language_model")
     if precision not in PRECISIONS:
       raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if decode_ops not in DECODE_OPS:
+      raise ValueError(f"decode_ops must be one of {DECODE_OPS}, got {decode_ops!r}")
     export_lib.check_weights(spec, weights)
     self._spec = spec
+    self.decode_ops = decode_ops
+    self._step_op = self._noise_op = None
+    if decode_ops == "fused":
+      if precision != "float32":
+        raise ValueError(f"decode_ops='fused' runs float32 products, not {precision}")
+      if not decode_ops_lib.packable(spec.units):
+        raise ValueError(f"decode_ops='fused' needs units a multiple of "
+                         f"{decode_ops_lib.PANEL_UNITS}; this model has {spec.units}")
+      ops = decode_ops_lib.load()
+      if ops is None:
+        raise ValueError("decode_ops='fused': the op does not run here (an x86-64 CPU "
+                         "with AVX2 and FMA, built by `python -m dataspec.decode_ops`; "
+                         "the log says which is missing)")
+      self._step_op, self._noise_op = ops.lstm_step, ops.gumbel_noise
     self.tokenizer = graph_tokenizer.GraphTokenizer(tokenizer_spec, vocab)
     if self.tokenizer.vocab_size != spec.vocab_size:
       raise ValueError(f"The tokenizer has {self.tokenizer.vocab_size} ids, the "
@@ -286,7 +326,17 @@ class LanguageModel(tf.Module):
   def _read_weights(self):
     """The weights as tensors (see _Weights); call once per traced function."""
     read = tf.convert_to_tensor
+    packed = packed_recurrent = None
+    if self._step_op is not None:
+      table = self._input_table is not None
+      packed_recurrent = tuple(decode_ops_lib.pack_kernel(None, read(k))
+                               for k in self._recurrent_kernels)
+      packed = tuple(
+          packed_recurrent[0] if layer == 0 and table else
+          decode_ops_lib.pack_kernel(read(self._kernels[layer]), read(recurrent))
+          for layer, recurrent in enumerate(self._recurrent_kernels))
     return _Weights(
+        packed=packed, packed_recurrent=packed_recurrent,
         embedding=read(self.embedding),
         input_table=None if self._input_table is None else read(self._input_table),
         kernels=tuple(read(k) for k in self._kernels),
@@ -308,6 +358,16 @@ class LanguageModel(tf.Module):
     x = tf.gather(w.embedding, tokens) if w.input_table is None else None
     hs, cs = [], []
     for layer in range(self._spec.num_layers):
+      if w.packed is not None:  # decode_ops="fused": the layer in one op
+        if layer == 0 and w.input_table is not None:
+          x, addend = tf.zeros([tf.shape(tokens)[0], 0]), tf.gather(w.input_table, tokens)
+        else:
+          addend = w.biases[layer]
+        x, c_new = self._step_op(x=x, h=h[layer], c=c[layer], packed=w.packed[layer],
+                                 addend=addend)
+        hs.append(x)
+        cs.append(c_new)
+        continue
       recurrent = _product(tf.matmul, h[layer], w.recurrent_kernels[layer])
       if layer == 0 and w.input_table is not None:
         z = tf.gather(w.input_table, tokens) + recurrent
@@ -347,10 +407,16 @@ class LanguageModel(tf.Module):
         xw = tf.reshape(_product(tf.matmul, tf.reshape(x, [-1, in_dim]), w.kernels[layer])
                         + w.biases[layer], [time, batch, 4 * units])
       recurrent = w.recurrent_kernels[layer]
+      packed = None if w.packed_recurrent is None else w.packed_recurrent[layer]
       keep = layer + 1 < self._spec.num_layers or top_outputs
+      no_input = None if packed is None else tf.zeros([batch, 0])
 
-      def step(t, hl, cl, outputs, *, masked, xw=xw, recurrent=recurrent, keep=keep):
-        h_new, c_new = _cell(xw[t] + _product(tf.matmul, hl, recurrent), cl)
+      def step(t, hl, cl, outputs, *, masked, xw=xw, recurrent=recurrent, keep=keep,
+               packed=packed):
+        if packed is not None:  # decode_ops="fused"
+          h_new, c_new = self._step_op(x=no_input, h=hl, c=cl, packed=packed, addend=xw[t])
+        else:
+          h_new, c_new = _cell(xw[t] + _product(tf.matmul, hl, recurrent), cl)
         outputs = outputs.write(t, h_new) if keep else outputs
         if masked:  # rows past their length keep their state
           active = (t < lengths)[:, None]
@@ -605,7 +671,11 @@ class LanguageModel(tf.Module):
       size = tf.clip_by_value(_NOISE_BLOCK_VALUES // per_position, 1, NOISE_BLOCK)
       end = tf.minimum(first + size, max_new_tokens)
       positions = tf.range(first, end)
-      hash_noise = lambda: gumbel_noise(seeds, positions, self._spec.vocab_size)
+      if self._noise_op is not None:  # the same bits in one op (decode_noise.cc)
+        hash_noise = lambda: self._noise_op(seeds, positions,
+                                            vocab_size=self._spec.vocab_size)
+      else:
+        hash_noise = lambda: gumbel_noise(seeds, positions, self._spec.vocab_size)
       noise = hash_noise() if greedy is None else tf.cond(
           greedy, lambda: tf.zeros([end - first, batch, 0]), hash_noise)
       return tf.while_loop(
@@ -785,7 +855,15 @@ class LanguageModel(tf.Module):
 
 
 def save(path: str, model: LanguageModel):
-  """Writes `model` as a SavedModel at local `path`."""
+  """Writes `model` as a SavedModel at local `path`.
+
+  Raises:
+    ValueError: the model runs the fused decode op, which a SavedModel
+      served without this project's code could not load.
+  """
+  if model.decode_ops != "tensorflow":
+    raise ValueError(f"A SavedModel holds TensorFlow's ops only; this model runs "
+                     f"decode_ops={model.decode_ops!r}")
   # The functions, not concrete functions: traced outside tf.saved_model.save
   # (a different context), each would be traced twice.
   signatures = {"serving_default": model.generate, "generate": model.generate,

@@ -6,8 +6,10 @@ from typing import Optional, Tuple
 from dataspec import textfiles
 
 
-# dataspec.serving.PRECISIONS (this module does not import TensorFlow).
+# dataspec.serving.PRECISIONS and DECODE_OPS (this module does not import
+# TensorFlow).
 PRECISIONS = ("float32", "bfloat16")
+DECODE_OPS = ("tensorflow", "fused")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +38,12 @@ class GenerateConfig:
       products in bfloat16, state and softmax in float32; faster at large
       batches on CPUs with AMX or AVX512_BF16, other text than float32's
       (recorded in every sample's settings).
+    decode_ops: "tensorflow" (the SavedModel's own ops and text), or "fused":
+      each LSTM layer's step as one compiled CPU op (dataspec/decode_ops.cc;
+      AVX2 x86-64, float32), faster at large batches; the text equals the
+      SavedModel's up to float rounding (a sample can differ where two
+      tokens' noisy scores are within about 1e-6). Recorded in every
+      sample's settings.
   """
   model_dir: str
   output: str
@@ -54,6 +62,7 @@ class GenerateConfig:
   num_shards: int = 1
   overwrite: bool = False
   precision: str = "float32"
+  decode_ops: str = "tensorflow"
 
   def __post_init__(self):
     if not self.model_dir:
@@ -77,6 +86,12 @@ class GenerateConfig:
     if self.precision not in PRECISIONS:
       raise ValueError(f"Unrecognized --precision: {self.precision!r} (choose from "
                        f"{', '.join(PRECISIONS)})")
+    if self.decode_ops not in DECODE_OPS:
+      raise ValueError(f"Unrecognized --decode_ops: {self.decode_ops!r} (choose from "
+                       f"{', '.join(DECODE_OPS)})")
+    if self.decode_ops == "fused" and self.precision != "float32":
+      raise ValueError(f"--decode_ops=fused runs float32 products; it does not go with "
+                       f"--precision={self.precision}")
     if not 0 <= self.shard_index < self.num_shards:
       raise ValueError(f"--shard_index={self.shard_index} is not in [0, "
                        f"--num_shards={self.num_shards})")
@@ -86,7 +101,7 @@ class GenerateConfig:
     return {"temperature": self.temperature, "top_k": self.top_k,
             "top_p": self.top_p, "greedy": self.greedy, "seed": self.seed,
             "max_new_tokens": self.max_new_tokens, "stop": list(self.stop),
-            "precision": self.precision}
+            "precision": self.precision, "decode_ops": self.decode_ops}
 
   def to_json_dict(self) -> dict:
     d = dataclasses.asdict(self)

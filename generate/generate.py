@@ -87,14 +87,15 @@ class Generator:
   function the exported SavedModel's `generate` signature runs, with this
   job's settings fixed (so only their decoding loop is traced); this job and
   the SavedModel give the same text for the same settings (with
-  --precision=float32, the default).
+  --precision=float32 and --decode_ops=tensorflow, the defaults).
   """
 
   def __init__(self, export_dir: str, config):
     self.config = config
     spec, weights, meta, vocab, training = export_lib.load_export(export_dir)
     self.model = serving.LanguageModel(spec, weights, meta.tokenizer_spec, vocab,
-                                       precision=config.precision)
+                                       precision=config.precision,
+                                       decode_ops=config.decode_ops)
     self.training = training
     # The prompts are normalized here, in Python (the same function the
     # graph's normalization is tested against), so the traced function

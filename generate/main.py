@@ -45,6 +45,12 @@ _PRECISION = flags.DEFINE_enum(
     "bfloat16: matrix products in bfloat16 (CPUs with AMX/AVX512_BF16: faster at "
     "large batches); other text than float32's, the SavedModel's.", flag_values=FLAGS)
 
+_DECODE_OPS = flags.DEFINE_enum(
+    "decode_ops", "tensorflow", config_lib.DECODE_OPS,
+    "fused: each LSTM layer's step as one compiled CPU op (AVX2 x86-64, float32; "
+    "`python -m dataspec.decode_ops` builds it), faster at large batches; the text "
+    "equals the SavedModel's up to float rounding.", flag_values=FLAGS)
+
 flags.mark_flags_as_required(["model_dir", "output"], flag_values=FLAGS)
 
 
@@ -59,7 +65,8 @@ def config_from_flags() -> config_lib.GenerateConfig:
       top_k=_TOP_K.value, top_p=_TOP_P.value, greedy=_GREEDY.value,
       seed=_SEED.value, stop=tuple(_STOP.value), batch_size=_BATCH_SIZE.value,
       shard_index=shard_index, num_shards=_NUM_SHARDS.value,
-      overwrite=_OVERWRITE.value, precision=_PRECISION.value)
+      overwrite=_OVERWRITE.value, precision=_PRECISION.value,
+      decode_ops=_DECODE_OPS.value)
 
 
 def parse_flags(argv):

@@ -34,11 +34,13 @@ def test_no_job_imports_another(package):
   assert not bad, f"{package} imports another job: {bad}"
 
 
-# The SavedModel's graph code: TensorFlow modules by nature, and the module
-# that imports TensorFlow without Keras. No other dataspec module imports
+# The SavedModel's graph code: TensorFlow modules by nature, the module
+# that imports TensorFlow without Keras, and the compiled ops' builders
+# (compiled against TensorFlow's headers). No other dataspec module imports
 # TensorFlow at module level, so Beam workers (which install no TensorFlow)
 # can load the contract.
-TF_MODULES = {"graph_tokenizer.py", "serving.py", "lean_tensorflow.py"}
+TF_MODULES = {"graph_tokenizer.py", "serving.py", "lean_tensorflow.py", "native_ops.py",
+              "decode_ops.py"}
 
 
 def test_dataspec_and_beam_job_do_not_import_tensorflow_at_module_level():

@@ -24,12 +24,8 @@ custom ops.
 """
 
 import functools
-import hashlib
 import os
-import platform
-import subprocess
 import sys
-import tempfile
 from typing import FrozenSet, List
 
 from absl import app
@@ -38,81 +34,29 @@ from absl import logging
 import tensorflow as tf
 
 from dataspec import cli
-from trainer.cpuinfo import cpu_flags
+from dataspec import native_ops
+from dataspec.cpuinfo import cpu_flags
 
 _DIR = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.join(_DIR, "lstm_ops.cc")
-
-# x86-64-v3's instruction sets, as /proc/cpuinfo names them (lzcnt is "abm").
-_X86_64_V3_FLAGS = {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"}
+cpu_runs = native_ops.cpu_runs
 
 
 def variants() -> List[str]:
   """The -march values built here, best first ("" = the compiler's default)."""
-  if platform.machine().lower() in ("x86_64", "amd64"):
+  if native_ops.is_x86_64():
     return ["x86-64-v3", "x86-64"]
   return [""]
 
 
 def library_path(variant: str) -> str:
-  """Where `variant`'s library is: next to the source, named for the
-  TensorFlow it was compiled against and the source it was compiled from."""
-  with open(SOURCE, "rb") as f:
-    digest = hashlib.sha256(f.read()).hexdigest()[:12]
-  name = f"_lstm_ops-tf{tf.__version__}-{variant or 'default'}-{digest}.so"
-  return os.path.join(_DIR, name)
-
-
-def cpu_runs(variant: str, cpuinfo: str = "/proc/cpuinfo") -> bool:
-  """Whether this CPU has the instructions `variant` may use (for
-  x86-64-v3, False where /proc/cpuinfo cannot be read: the plain x86-64
-  build is the safe one)."""
-  return variant != "x86-64-v3" or _X86_64_V3_FLAGS <= cpu_flags(cpuinfo)
-
-
-def compile_command(variant: str, output: str) -> List[str]:
-  """The compiler's command line for `variant` ($CXX, else g++)."""
-  march = [f"-march={variant}"] if variant else []
-  return [os.environ.get("CXX", "g++"), "-shared", "-fPIC", "-O3", "-w", *march,
-          *tf.sysconfig.get_compile_flags(), SOURCE, "-o", output,
-          *tf.sysconfig.get_link_flags()]
+  """Where `variant`'s library is (dataspec.native_ops.library_path)."""
+  return native_ops.library_path(SOURCE, variant, _DIR)
 
 
 def build(*, force: bool = False) -> List[str]:
-  """Compiles every variant not built yet (all with `force`); returns their
-  paths. Each library is written to a temporary name and renamed, so a
-  failed or interrupted build never leaves a library that looks complete;
-  libraries of other TensorFlow versions or sources are removed.
-
-  Raises:
-    RuntimeError: no compiler, or it failed (its output in the message).
-  """
-  paths = []
-  for variant in variants():
-    path = library_path(variant)
-    paths.append(path)
-    if os.path.exists(path) and not force:
-      continue
-    fd, tmp = tempfile.mkstemp(prefix=".lstm_ops-", suffix=".so", dir=_DIR)
-    os.close(fd)
-    try:
-      command = compile_command(variant, tmp)
-      try:
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-      except FileNotFoundError:
-        raise RuntimeError(f"no C++ compiler {command[0]!r}: install g++ or set CXX") from None
-      if done.returncode:
-        raise RuntimeError(f"compiling {SOURCE} failed ({' '.join(command)}):\n"
-                           f"{done.stderr[-4000:]}")
-      os.replace(tmp, path)
-    finally:
-      if os.path.exists(tmp):
-        os.remove(tmp)
-  for name in os.listdir(_DIR):
-    stale = os.path.join(_DIR, name)
-    if name.startswith("_lstm_ops-") and name.endswith(".so") and stale not in paths:
-      os.remove(stale)
-  return paths
+  """Compiles every variant not built yet (dataspec.native_ops.build)."""
+  return native_ops.build(SOURCE, variants(), _DIR, force=force)
 
 
 @functools.cache

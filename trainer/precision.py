@@ -14,7 +14,7 @@ from typing import Optional
 
 from absl import logging
 
-from trainer.cpuinfo import cpu_flags
+from dataspec.cpuinfo import cpu_flags
 
 # Linux /proc/cpuinfo flags of x86 bfloat16 matrix arithmetic.
 _BFLOAT16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")

@@ -82,6 +82,32 @@ def test_bfloat16_products_same_output_whatever_the_batching(tiny_run, tmp_path)
   assert config_lib.PRECISIONS == serving.PRECISIONS
 
 
+def test_fused_decode_ops_same_output_whatever_the_batching(tiny_run, tmp_path):
+  """--decode_ops=fused: each layer's step in the compiled op, recorded in
+  the settings; a function of (seed, prompt, sample, position) only, and
+  here the default path's very text (they differ by float rounding)."""
+  from dataspec import decode_ops
+  if not decode_ops.runs_here():
+    pytest.skip("the fused decode op needs an x86-64 CPU with AVX2 and FMA")
+  prompts = _prompts_file(tmp_path, ["ROMEO:", "What say you", "A"])
+  runs = []
+  for i, (batch_size, ops) in enumerate(((1, "fused"), (4, "fused"), (64, "fused"),
+                                         (64, "tensorflow"))):
+    out = tmp_path / f"b{i}.jsonl"
+    generate.run(_config(tiny_run[0], out, prompts=str(prompts), num_samples=2,
+                         batch_size=batch_size, seed=7, decode_ops=ops))
+    rows = _read(out)
+    assert {r["settings"]["decode_ops"] for r in rows} == {ops}
+    runs.append([(r["id"], r["sample_index"], r["text"]) for r in rows])
+  assert runs[0] == runs[1] == runs[2] == runs[3]
+  with pytest.raises(ValueError, match="--decode_ops=fused runs float32"):
+    _config(tiny_run[0], tmp_path / "x.jsonl", decode_ops="fused", precision="bfloat16")
+  with pytest.raises(ValueError, match="--decode_ops"):
+    _config(tiny_run[0], tmp_path / "x.jsonl", decode_ops="xla")
+  from dataspec import serving
+  assert config_lib.DECODE_OPS == serving.DECODE_OPS
+
+
 def test_rows_with_the_same_prompt_share_a_prefill_and_match_lone_rows(tiny_run, tmp_path):
   # Repeats apart from each other and next to each other, of different
   # lengths, one with a character the vocabulary lacks: one prefill per

@@ -287,7 +287,8 @@ def test_without_a_built_library_the_trainer_uses_tensorflow_ops(tmp_path, monke
 
 def test_the_images_build_stage_copies_what_the_build_imports(tmp_path):
   """k8s/Dockerfile compiles the ops in a stage that holds only the files it
-  COPYs: `python -m trainer.lstm_ops` must start from exactly those."""
+  COPYs: `python -m trainer.lstm_ops` and `python -m dataspec.decode_ops`
+  must start from exactly those."""
   repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   with open(os.path.join(repo, "k8s", "Dockerfile")) as f:
     stage = f.read().split(" AS lstm-ops\n", 1)[1].split("\nFROM ", 1)[0]
@@ -297,16 +298,17 @@ def test_the_images_build_stage_copies_what_the_build_imports(tmp_path):
     os.makedirs(tmp_path / target, exist_ok=True)
     for source in sources.split():
       shutil.copy(os.path.join(repo, source), tmp_path / target)
-  assert re.search(r"^RUN python -m trainer\.lstm_ops$", stage, flags=re.M)
-  # Only the copied files: without the editable install's finder, which would
-  # supply any module the stage lacks from the checkout.
-  isolated = (
-      "import runpy, sys\n"
-      "sys.meta_path[:] = [f for f in sys.meta_path\n"
-      "                    if not getattr(f, '__module__', '').startswith('__editable__')]\n"
-      "sys.argv = ['lstm_ops', '--help']\n"
-      "runpy.run_module('trainer.lstm_ops', run_name='__main__', alter_sys=True)\n")
-  done = subprocess.run([sys.executable, "-c", isolated], cwd=tmp_path,
-                        capture_output=True, text=True, check=False)
-  assert done.returncode == 0, done.stderr[-2000:]
-  assert "Rebuild libraries that are already built" in done.stdout
+  for module in ("trainer.lstm_ops", "dataspec.decode_ops"):
+    assert re.search(rf"^RUN python -m {re.escape(module)}$", stage, flags=re.M)
+    # Only the copied files: without the editable install's finder, which
+    # would supply any module the stage lacks from the checkout.
+    isolated = (
+        "import runpy, sys\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path\n"
+        "                    if not getattr(f, '__module__', '').startswith('__editable__')]\n"
+        f"sys.argv = [{module!r}, '--help']\n"
+        f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)\n")
+    done = subprocess.run([sys.executable, "-c", isolated], cwd=tmp_path,
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Rebuild libraries that are already built" in done.stdout

@@ -1,8 +1,8 @@
 """The CPU's instruction-set flags, as Linux's /proc/cpuinfo lists them.
 
-Both CPU-dependent choices of the trainer read them: whether bfloat16 has
-matrix instructions here (precision.py) and which build of the compiled
-LSTM ops this CPU runs (lstm_ops.py).
+The CPU-dependent choices read them: whether bfloat16 has matrix
+instructions here (trainer/precision.py) and which build of the compiled
+ops this CPU runs (dataspec/native_ops.py).
 """
 
 from typing import FrozenSet

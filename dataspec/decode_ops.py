@@ -1,0 +1,126 @@
+"""Decoding's compiled CPU ops: build, load, and the weight layout they read.
+
+  python -m dataspec.decode_ops     # ~30 s; ./install.sh and the container
+                                    # image run it
+
+For textgen-generate --decode_ops=fused (dataspec.serving.LanguageModel,
+decode_ops="fused"), two libraries:
+  - `decode_ops.cc`, TextgenLstmStep: one LSTM layer's step (its products,
+    on weights packed once, and its gate math) as one op; built for AVX2 +
+    FMA (x86-64-v3);
+  - `decode_noise.cc`, TextgenGumbelNoise: sampling's noise, bit for bit
+    serving.gumbel_noise's; built for AVX without FMA, as TensorFlow's own
+    kernels are.
+Both run on x86-64 CPUs with AVX2 and FMA only; elsewhere, or without the
+built libraries, LanguageModel(decode_ops="fused") says why. The exported
+SavedModel never contains them.
+"""
+
+import functools
+import os
+import sys
+from typing import List, NamedTuple, Optional
+
+from absl import app
+from absl import flags
+from absl import logging
+import tensorflow as tf
+
+from dataspec import cli
+from dataspec import native_ops
+
+_DIR = os.path.dirname(os.path.abspath(__file__))
+VARIANT = "x86-64-v3"  # the CPUs both libraries run on
+# (source, variant) of each library.
+LIBRARIES = ((os.path.join(_DIR, "decode_ops.cc"), VARIANT),
+             (os.path.join(_DIR, "decode_noise.cc"), "avx"))
+PANEL_UNITS = 4  # units per 16-column panel (4 gates each)
+
+
+class Ops(NamedTuple):
+  lstm_step: object  # TextgenLstmStep's Python function
+  gumbel_noise: object  # TextgenGumbelNoise's
+
+
+def runs_here() -> bool:
+  """Whether this CPU runs the libraries (x86-64 with AVX2 and FMA)."""
+  return native_ops.is_x86_64() and native_ops.cpu_runs(VARIANT)
+
+
+def build(*, force: bool = False) -> List[str]:
+  """Compiles the libraries not built yet (dataspec.native_ops.build);
+  returns their paths (none off x86-64)."""
+  if not native_ops.is_x86_64():
+    return []
+  return [path for source, variant in LIBRARIES
+          for path in native_ops.build(source, [variant], _DIR, force=force)]
+
+
+@functools.cache
+def load() -> Optional[Ops]:
+  """The ops if this CPU runs the built libraries, else None after one
+  warning saying why."""
+  if not runs_here():
+    logging.warning("The fused decode ops need an x86-64 CPU with AVX2 and FMA")
+    return None
+  modules = []
+  for source, variant in LIBRARIES:
+    path = native_ops.library_path(source, variant, _DIR)
+    if not os.path.exists(path):
+      logging.warning(
+          "The fused decode ops are not built for TensorFlow %s (dataspec/decode_ops.py): "
+          "build them with `python -m dataspec.decode_ops` (needs g++).", tf.__version__)
+      return None
+    try:
+      modules.append(tf.load_op_library(path))
+    except (tf.errors.NotFoundError, tf.errors.AlreadyExistsError, OSError) as e:
+      logging.warning("Could not load %s (%s)", path, e)
+      return None
+    logging.info("Fused decode ops: %s", path)
+  return Ops(lstm_step=modules[0].textgen_lstm_step,
+             gumbel_noise=modules[1].textgen_gumbel_noise)
+
+
+def packable(units: int) -> bool:
+  """Whether a layer of `units` units fits the op's panels."""
+  return units > 0 and units % PANEL_UNITS == 0
+
+
+def pack_kernel(kernel: Optional[tf.Tensor], recurrent_kernel: tf.Tensor) -> tf.Tensor:
+  """[kernel; recurrent_kernel] (in + units, 4 units; Keras's gate order i,
+  f, g, o) as the op reads it: (units / 4, in + units, 16), panel p holding
+  units 4p..4p+3's four gates (i of the 4 units, then f, g, o) for every
+  input row. kernel None: the layer's input half is not a product (an input
+  table's rows come in the op's addend instead)."""
+  stacked = recurrent_kernel if kernel is None else tf.concat([kernel, recurrent_kernel], 0)
+  depth, units = stacked.shape[0], stacked.shape[1] // 4
+  if not packable(units):
+    raise ValueError(f"units must be a positive multiple of {PANEL_UNITS}, got {units}")
+  by_gate = tf.reshape(stacked, [depth, 4, units // PANEL_UNITS, PANEL_UNITS])
+  return tf.reshape(tf.transpose(by_gate, [2, 0, 1, 3]),
+                    [units // PANEL_UNITS, depth, 4 * PANEL_UNITS])
+
+
+FLAGS = flags.FlagValues()
+_FORCE = flags.DEFINE_bool("force", False, "Rebuild libraries that are already built.",
+                           flag_values=FLAGS)
+
+
+def main(argv):
+  """Builds the libraries; prints their paths."""
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {list(argv[1:])}")
+  if not native_ops.is_x86_64():
+    print("dataspec.decode_ops: not an x86-64 machine; nothing to build", file=sys.stderr)
+    return
+  try:
+    paths = build(force=_FORCE.value)
+  except RuntimeError as err:  # the compiler's output: several lines
+    sys.stderr.write(f"FATAL {cli.program_name()}: {err}\n")
+    sys.exit(1)
+  for path in paths:
+    print(path)
+
+
+if __name__ == "__main__":
+  cli.run(main, flag_values=FLAGS, doc=__doc__)

@@ -1,0 +1,102 @@
+"""Compiled TensorFlow CPU ops: how both libraries of the project are built,
+named and picked (trainer/lstm_ops.py for training, dataspec/decode_ops.py
+for decoding).
+
+Each is a C++ source compiled against the installed TensorFlow, whose C++
+ABI changes with every release, so it is compiled on the machine that
+installs the project, not shipped; ./install.sh and the container image do
+it. A library is named for the TensorFlow it was compiled against, its
+-march variant and a digest of its source, so a stale one is never loaded.
+"""
+
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+from typing import List
+
+import tensorflow as tf
+
+from dataspec.cpuinfo import cpu_flags
+
+# The instruction sets each variant may use, as /proc/cpuinfo names them
+# (lzcnt is "abm"): x86-64-v3 (AVX2, FMA), and "avx": x86-64-v2 with AVX but
+# neither AVX2 nor FMA, how TensorFlow's own kernels are built (whose
+# results decode_noise.cc reproduces bit for bit).
+_X86_64_V2_FLAGS = frozenset({"cx16", "lahf_lm", "popcnt", "sse4_1", "sse4_2", "ssse3"})
+X86_64_V3_FLAGS = frozenset(
+    {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"})
+_REQUIRED_FLAGS = {"x86-64-v3": X86_64_V3_FLAGS, "avx": _X86_64_V2_FLAGS | {"avx"}}
+_ARCH_FLAGS = {"avx": ["-march=x86-64-v2", "-mavx"]}
+
+
+def is_x86_64() -> bool:
+  return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def library_path(source: str, variant: str, directory: str) -> str:
+  """Where `source`'s library for `variant` is in `directory`: named for the
+  TensorFlow it was compiled against and the source it was compiled from
+  (`_<source name>-tf<version>-<variant>-<digest>.so`)."""
+  with open(source, "rb") as f:
+    digest = hashlib.sha256(f.read()).hexdigest()[:12]
+  stem = os.path.splitext(os.path.basename(source))[0]
+  name = f"_{stem}-tf{tf.__version__}-{variant or 'default'}-{digest}.so"
+  return os.path.join(directory, name)
+
+
+def cpu_runs(variant: str, cpuinfo: str = "/proc/cpuinfo") -> bool:
+  """Whether this CPU has the instructions `variant` may use (for
+  x86-64-v3 and avx, False where /proc/cpuinfo cannot be read: the plain
+  x86-64 build is the safe one)."""
+  return variant not in _REQUIRED_FLAGS or _REQUIRED_FLAGS[variant] <= cpu_flags(cpuinfo)
+
+
+def compile_command(source: str, variant: str, output: str) -> List[str]:
+  """The compiler's command line for `variant` ($CXX, else g++): an
+  -march value, or "avx" (see _ARCH_FLAGS)."""
+  march = _ARCH_FLAGS.get(variant, [f"-march={variant}"] if variant else [])
+  return [os.environ.get("CXX", "g++"), "-shared", "-fPIC", "-O3", "-w", *march,
+          *tf.sysconfig.get_compile_flags(), source, "-o", output,
+          *tf.sysconfig.get_link_flags()]
+
+
+def build(source: str, variants: List[str], directory: str, *,
+          force: bool = False) -> List[str]:
+  """Compiles every variant of `source` not built yet (all with `force`)
+  into `directory`; returns their paths. Each library is written to a temporary name and
+  renamed, so a failed or interrupted build never leaves a library that
+  looks complete; libraries of other TensorFlow versions or sources are
+  removed.
+
+  Raises:
+    RuntimeError: no compiler, or it failed (its output in the message).
+  """
+  stem = os.path.splitext(os.path.basename(source))[0]
+  paths = []
+  for variant in variants:
+    path = library_path(source, variant, directory)
+    paths.append(path)
+    if os.path.exists(path) and not force:
+      continue
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}-", suffix=".so", dir=directory)
+    os.close(fd)
+    try:
+      command = compile_command(source, variant, tmp)
+      try:
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+      except FileNotFoundError:
+        raise RuntimeError(f"no C++ compiler {command[0]!r}: install g++ or set CXX") from None
+      if done.returncode:
+        raise RuntimeError(f"compiling {source} failed ({' '.join(command)}):\n"
+                           f"{done.stderr[-4000:]}")
+      os.replace(tmp, path)
+    finally:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+  for name in os.listdir(directory):
+    stale = os.path.join(directory, name)
+    if name.startswith(f"_{stem}-") and name.endswith(".so") and stale not in paths:
+      os.remove(stale)
+  return paths

@@ -1,0 +1,172 @@
+"""The fused decode op (dataspec/decode_ops.cc) against TensorFlow's ops, and
+LanguageModel(decode_ops="fused") against the SavedModel's own path."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dataspec import decode_ops
+from dataspec import export as export_lib
+from dataspec import serving
+from dataspec import tokenizer as tokenizer_lib
+
+# The library is built by ./install.sh wherever the CPU runs it; only a CPU
+# without AVX2 and FMA goes without.
+pytestmark = pytest.mark.skipif(
+    not decode_ops.runs_here(),
+    reason="the fused decode op needs an x86-64 CPU with AVX2 and FMA")
+
+
+def _ops():
+  ops = decode_ops.load()
+  assert ops is not None, "not built: python -m dataspec.decode_ops"
+  return ops
+
+
+def _reference(x, h, c, kernel, recurrent_kernel, addend):
+  """serving's TensorFlow ops for the same step."""
+  z = tf.matmul(h, recurrent_kernel) + addend
+  if kernel is not None:
+    z += tf.matmul(x, kernel)
+  return serving._cell(z, c)  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize("rows,in_dim,units", [
+    (1, 0, 4), (5, 3, 8), (6, 16, 12), (7, 0, 16), (13, 64, 32), (256, 64, 64)])
+@pytest.mark.parametrize("per_row", [False, True])
+def test_step_matches_tensorflow_ops(rows, in_dim, units, per_row):
+  """Every tile height (6 rows and the 1-5 left over), with and without an
+  input product, a bias or per-row addend; (256, 64, 64) splits the panels
+  over the intra-op threads."""
+  rng = np.random.default_rng(rows * 100 + units)
+  f = lambda *shape: tf.constant(rng.normal(0, 0.5, shape), tf.float32)
+  x, h, c = f(rows, in_dim), f(rows, units), f(rows, units)
+  kernel = f(in_dim, 4 * units) if in_dim else None
+  recurrent = f(units, 4 * units)
+  addend = f(rows, 4 * units) if per_row else f(4 * units)
+  packed = decode_ops.pack_kernel(kernel, recurrent)
+  h_out, c_out = _ops().lstm_step(x=x, h=h, c=c, packed=packed, addend=addend)
+  h_ref, c_ref = _reference(x, h, c, kernel, recurrent, addend)
+  np.testing.assert_allclose(h_out.numpy(), h_ref.numpy(), rtol=0, atol=2e-6)
+  np.testing.assert_allclose(c_out.numpy(), c_ref.numpy(), rtol=1e-6, atol=2e-6)
+
+
+def test_a_rows_state_does_not_depend_on_the_rows_beside_it():
+  """Row by row the same bits in a batch of 1, 7 and 256 (the tiles, pairs,
+  row chunks and thread split change with the batch): sampling stays a
+  function of (seed, prompt, sample, position)."""
+  rng = np.random.default_rng(1)
+  units, in_dim = 64, 64
+  f = lambda *shape: tf.constant(rng.normal(0, 0.5, shape), tf.float32)
+  x, h, c, addend = f(256, in_dim), f(256, units), f(256, units), f(256, 4 * units)
+  packed = decode_ops.pack_kernel(f(in_dim, 4 * units), f(units, 4 * units))
+  step = lambda n: [t.numpy() for t in _ops().lstm_step(
+      x=x[:n], h=h[:n], c=c[:n], packed=packed, addend=addend[:n])]
+  whole = step(256)
+  for n in (1, 7):
+    for part, full in zip(step(n), whole):
+      np.testing.assert_array_equal(part, full[:n])
+
+
+@pytest.mark.parametrize("vocab_size", [1, 5, 68, 257])
+def test_gumbel_noise_op_has_the_tensorflow_ops_bits(vocab_size):
+  """Bit for bit serving.gumbel_noise (TensorFlow's ops, the SavedModel's
+  sampling), 7 positions x (1, 3, 300) rows: 1,300 to 540,000 values."""
+  rng = np.random.default_rng(vocab_size)
+  for batch in (1, 3, 300):
+    seeds = tf.constant(rng.integers(0, 2**31, batch), tf.int64)
+    positions = tf.constant(rng.integers(0, 5000, 7), tf.int32)
+    expected = serving.gumbel_noise(seeds, positions, vocab_size).numpy()
+    noise = _ops().gumbel_noise(seeds, positions, vocab_size=vocab_size).numpy()
+    assert noise.shape == expected.shape == (7, batch, vocab_size)
+    np.testing.assert_array_equal(noise.view(np.uint32), expected.view(np.uint32))
+
+
+def test_pack_kernel_puts_four_units_gates_in_each_panel():
+  units, in_dim = 8, 3
+  stacked = np.arange((in_dim + units) * 4 * units, dtype=np.float32).reshape(
+      in_dim + units, 4 * units)
+  packed = decode_ops.pack_kernel(tf.constant(stacked[:in_dim]),
+                                  tf.constant(stacked[in_dim:])).numpy()
+  assert packed.shape == (units // 4, in_dim + units, 16)
+  for panel in range(units // 4):
+    for gate in range(4):
+      for j in range(4):
+        np.testing.assert_array_equal(packed[panel, :, 4 * gate + j],
+                                      stacked[:, gate * units + 4 * panel + j])
+  with pytest.raises(ValueError, match="multiple of 4"):
+    decode_ops.pack_kernel(None, tf.zeros([6, 24]))
+
+
+def test_step_rejects_mismatched_shapes():
+  ops = _ops()
+  x, h = tf.zeros([2, 3]), tf.zeros([2, 8])
+  packed = decode_ops.pack_kernel(tf.zeros([3, 32]), tf.zeros([8, 32]))
+  with pytest.raises(tf.errors.InvalidArgumentError, match="packed must be"):
+    ops.lstm_step(x=x, h=h, c=h, packed=packed[:, :-1], addend=tf.zeros([32]))
+  with pytest.raises(tf.errors.InvalidArgumentError, match="addend must be"):
+    ops.lstm_step(x=x, h=h, c=h, packed=packed, addend=tf.zeros([3, 32]))
+  with pytest.raises(tf.errors.InvalidArgumentError, match="h and c"):
+    ops.lstm_step(x=x, h=h, c=tf.zeros([2, 4]), packed=packed, addend=tf.zeros([32]))
+  with pytest.raises(tf.errors.InvalidArgumentError, match="x must be"):
+    ops.lstm_step(x=tf.zeros([3, 3]), h=h, c=h, packed=packed, addend=tf.zeros([32]))
+
+
+def _model(decode_ops_value, *, units=32, embedding=16, layers=2, seed=0):
+  vocab = list(tokenizer_lib.RESERVED_TOKENS) + list("abcdefgh ")
+  spec = export_lib.ModelSpec(vocab_size=len(vocab), embedding_dim=embedding, units=units,
+                              num_layers=layers, window_length=16)
+  rng = np.random.default_rng(seed)
+  weights = {name: rng.normal(0, 0.4, shape).astype(np.float32)
+             for name, shape in export_lib.weight_shapes(spec).items()}
+  return serving.LanguageModel(spec, weights, tokenizer_lib.TokenizerSpec(type="char"),
+                               vocab, decode_ops=decode_ops_value)
+
+
+@pytest.mark.parametrize("input_table", [True, False])
+def test_fused_decoding_writes_the_tensorflow_paths_text(input_table, monkeypatch):
+  """Prefill and decoding through the op: the same tokens as TensorFlow's
+  ops (the SavedModel's path) here, sampled and greedy; the states differ
+  by float rounding only."""
+  if not input_table:
+    monkeypatch.setattr(serving, "INPUT_TABLE_MAX_FLOATS", 0)
+  prompts = tf.constant(["abc", "hag f", "a", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"])
+  index, zeros = tf.range(4, dtype=tf.int64), tf.zeros([4], tf.int64)
+  for greedy in (False, True):
+    tokens = []
+    for value in ("tensorflow", "fused"):
+      sample = _model(value).sampler(temperature=1.0, top_k=0, top_p=1.0, greedy=greedy,
+                                     seed=3, stop=())
+      tokens.append(sample(prompts, index, zeros, tf.constant(60))["token_ids"].numpy())
+    np.testing.assert_array_equal(tokens[0], tokens[1])
+  ids = tf.constant([[4, 5, 6, 7, 8, 9, 10, 11]] * 3)
+  lengths = tf.constant([8, 3, 5])
+  results = []
+  for value in ("tensorflow", "fused"):
+    lm = _model(value)
+    results.append(lm._prefill(ids, lengths, lm._read_weights()))  # pylint: disable=protected-access
+  for fused, reference in zip(results[1], results[0]):
+    np.testing.assert_allclose(fused.numpy(), reference.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_fused_model_refuses_what_it_cannot_do(tmp_path, monkeypatch):
+  with pytest.raises(ValueError, match="decode_ops must be one of"):
+    _model("xla")
+  with pytest.raises(ValueError, match="multiple of 4"):
+    _model("fused", units=30)
+  with pytest.raises(ValueError, match="SavedModel holds TensorFlow's ops only"):
+    serving.save(str(tmp_path / "saved"), _model("fused"))
+  assert not (tmp_path / "saved").exists()
+  # Not built (another TensorFlow, no compiler): a warning that says how,
+  # and the model says the op does not run here.
+  monkeypatch.setattr(decode_ops, "_DIR", str(tmp_path))
+  decode_ops.load.cache_clear()
+  try:
+    warnings = []
+    monkeypatch.setattr(decode_ops.logging, "warning", lambda msg, *a: warnings.append(msg % a))
+    with pytest.raises(ValueError, match="python -m dataspec.decode_ops"):
+      _model("fused")
+    assert "python -m dataspec.decode_ops" in warnings[0]
+  finally:
+    monkeypatch.undo()
+    decode_ops.load.cache_clear()
