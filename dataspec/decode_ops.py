@@ -18,10 +18,8 @@ SavedModel never contains them.
 
 import functools
 import os
-import sys
 from typing import List, NamedTuple, Optional
 
-from absl import app
 from absl import flags
 from absl import logging
 import tensorflow as tf
@@ -108,18 +106,7 @@ _FORCE = flags.DEFINE_bool("force", False, "Rebuild libraries that are already b
 
 def main(argv):
   """Builds the libraries; prints their paths."""
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {list(argv[1:])}")
-  if not native_ops.is_x86_64():
-    print("dataspec.decode_ops: not an x86-64 machine; nothing to build", file=sys.stderr)
-    return
-  try:
-    paths = build(force=_FORCE.value)
-  except RuntimeError as err:  # the compiler's output: several lines
-    sys.stderr.write(f"FATAL {cli.program_name()}: {err}\n")
-    sys.exit(1)
-  for path in paths:
-    print(path)
+  native_ops.run_build(argv, build, _FORCE.value)
 
 
 if __name__ == "__main__":

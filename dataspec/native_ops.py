@@ -13,11 +13,14 @@ import hashlib
 import os
 import platform
 import subprocess
+import sys
 import tempfile
-from typing import List
+from typing import Callable, List
 
+from absl import app
 import tensorflow as tf
 
+from dataspec import cli
 from dataspec.cpuinfo import cpu_flags
 
 # The instruction sets each variant may use, as /proc/cpuinfo names them
@@ -100,3 +103,18 @@ def build(source: str, variants: List[str], directory: str, *,
     if name.startswith(f"_{stem}-") and name.endswith(".so") and stale not in paths:
       os.remove(stale)
   return paths
+
+
+def run_build(argv: List[str], build_libraries: Callable[..., List[str]], force: bool):
+  """The body of a `python -m` builder's main: build_libraries(force=...),
+  then the libraries' paths on stdout; a compiler's failure as one FATAL
+  line and its output (exit 1)."""
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {list(argv[1:])}")
+  try:
+    paths = build_libraries(force=force)
+  except RuntimeError as err:  # the compiler's output: several lines
+    sys.stderr.write(f"FATAL {cli.program_name()}: {err}\n")
+    sys.exit(1)
+  for path in paths:
+    print(path)
