@@ -134,6 +134,10 @@ def run(config) -> Optional[str]:
   export_lib.check_complete(export_dir, flag="model_dir", given=config.model_dir)
   prompts = read_prompts(config)
   storage.check_writable(storage.dirname(output) or ".")
+  gpus = tf.config.list_physical_devices("GPU")
+  if config.decode_ops == "fused" and gpus:
+    raise ValueError(f"--decode_ops=fused decodes on the CPU; this machine has {len(gpus)} "
+                     "GPU(s), which the default --decode_ops=tensorflow uses")
   if storage.exists(output) and not config.overwrite:
     logging.info("%s is already complete; skipping this shard (--overwrite to redo)", output)
     return output

@@ -108,6 +108,19 @@ def test_fused_decode_ops_same_output_whatever_the_batching(tiny_run, tmp_path):
   assert config_lib.DECODE_OPS == serving.DECODE_OPS
 
 
+def test_fused_decode_ops_refused_on_a_gpu_machine(tiny_run, tmp_path, monkeypatch):
+  """The fused ops run on the CPU only: with GPUs the job says so before
+  it loads the model, and writes nothing."""
+  import tensorflow as tf
+  real = tf.config.list_physical_devices
+  monkeypatch.setattr(tf.config, "list_physical_devices",
+                      lambda kind=None: ["/physical_device:GPU:0"] if kind == "GPU" else real(kind))
+  out = tmp_path / "s.jsonl"
+  with pytest.raises(ValueError, match="--decode_ops=fused decodes on the CPU; this machine has 1"):
+    generate.run(_config(tiny_run[0], out, decode_ops="fused"))
+  assert not out.exists()
+
+
 def test_rows_with_the_same_prompt_share_a_prefill_and_match_lone_rows(tiny_run, tmp_path):
   # Repeats apart from each other and next to each other, of different
   # lengths, one with a character the vocabulary lacks: one prefill per
