@@ -10,7 +10,8 @@
 //                  -> h', c' (rows, units) after the step.
 //
 // z = [x, h] @ [kernel; recurrent_kernel] + addend; c' = f c + i g;
-// h' = o tanh(c'), with Eigen's sigmoid and tanh (TensorFlow's own).
+// h' = o tanh(c'), with Eigen's sigmoid and tanh (TensorFlow's own
+// functions), tanh(g) as 2 sigmoid(2 g) - 1 (see Cells).
 //
 // Why: a decode step at batch 256 is a chain of products whose weights never
 // change, so they are packed once (16 columns = 4 units' four gates per
@@ -80,10 +81,7 @@ inline Packet8f Logistic(Packet8f x) {
   return Eigen::internal::scalar_logistic_op<float>().packetOp(x);
 }
 
-// Two rows' gates of 4 units (a and b; b may repeat a): z0 = [i, f], z1 =
-// [g, o] before the addend. Writes h' and c' at the rows' units. tanh(g) is
-// 2 sigmoid(2 g) - 1, so that g and o share one 8-wide sigmoid, and the two
-// rows' c' share one tanh: 5 packet functions for 8 unit-rows, not 8.
+// Where one row's 4 units read their addend and cell state and write h', c'.
 struct Row {
   const float* add;
   const float* c;
@@ -95,6 +93,11 @@ inline Packet8f Gate8(const float* add, int64_t units, int64_t first, int64_t se
   return _mm256_set_m128(_mm_loadu_ps(add + second * units), _mm_loadu_ps(add + first * units));
 }
 
+// Two rows' gates of 4 units (a and b; b may repeat a): z0 = [i, f], z1 =
+// [g, o] before the addend. Writes h' and c' at the rows' units (b's only
+// if `both`). tanh(g) is 2 sigmoid(2 g) - 1, so that g and o share one
+// 8-wide sigmoid, and the two rows' c' share one tanh: 5 packet functions
+// for 8 unit-rows, not 8.
 inline void Cells(Packet8f z0a, Packet8f z1a, Packet8f z0b, Packet8f z1b, int64_t units,
                   const Row& a, const Row& b, bool both) {
   const Packet4f one = _mm_set1_ps(1.0f);
