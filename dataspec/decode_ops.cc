@@ -4,9 +4,11 @@
 // TextgenLstmStep  x (rows, in; in may be 0), h, c (rows, units),
 //                  packed (units / 4, in + units, 16): the layer's kernel and
 //                  recurrent kernel stacked and laid out by pack_kernel() in
-//                  decode_ops.py, addend (4 units) or (rows, 4 units): the
-//                  bias, or the input table's rows (gates i, f, g, o as in
-//                  Keras)
+//                  decode_ops.py, addend (4 units): the bias, or (n, 4
+//                  units): rows (gates i, f, g, o as in Keras) of which
+//                  row r takes addend_rows[r] (rows,) int32, or row r
+//                  where addend_rows is empty (n = rows): the input
+//                  table's rows are read in place, not gathered first
 //                  -> h', c' (rows, units) after the step.
 //
 // z = [x, h] @ [kernel; recurrent_kernel] + addend; c' = f c + i g;
@@ -36,6 +38,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
@@ -69,6 +72,7 @@ REGISTER_OP("TextgenLstmStep")
     .Input("c: float")
     .Input("packed: float")
     .Input("addend: float")
+    .Input("addend_rows: int32")
     .Output("h_out: float")
     .Output("c_out: float")
     .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
@@ -128,7 +132,7 @@ inline void Cells(Packet8f z0a, Packet8f z1a, Packet8f z0b, Packet8f z1b, int64_
 // then the gate math. panel: (in + units, 16); unit: the panel's first unit.
 template <int R>
 void Tile(const float* x, int64_t in, const float* h, int64_t units, const float* panel,
-          const float* add, int64_t add_stride, const float* c, int64_t unit, float* h_out,
+          const float* const* adds, const float* c, int64_t unit, float* h_out,
           float* c_out) {
   static_assert(R >= 1 && R <= kRows, "tile rows");
   __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00,
@@ -153,7 +157,7 @@ void Tile(const float* x, int64_t in, const float* h, int64_t units, const float
 #undef TEXTGEN_PRODUCT
 #undef TEXTGEN_ROW
 #define TEXTGEN_AT(r) \
-  Row{add + r * add_stride + unit, c + r * units + unit, h_out + r * units + unit, \
+  Row{adds[r] + unit, c + r * units + unit, h_out + r * units + unit, \
       c_out + r * units + unit}
   if constexpr (R >= 2) Cells(a00, a01, a10, a11, units, TEXTGEN_AT(0), TEXTGEN_AT(1), true);
   if constexpr (R >= 4) Cells(a20, a21, a30, a31, units, TEXTGEN_AT(2), TEXTGEN_AT(3), true);
@@ -174,6 +178,7 @@ class LstmStepOp : public OpKernel {
     const Tensor& c = ctx->input(2);
     const Tensor& packed = ctx->input(3);
     const Tensor& addend = ctx->input(4);
+    const Tensor& addend_rows = ctx->input(5);
     OP_REQUIRES(ctx, h.dims() == 2 && c.shape() == h.shape(),
                 absl::InvalidArgumentError(absl::StrCat(
                     "h and c must be (rows, units) alike, got ", h.shape().DebugString(),
@@ -191,12 +196,34 @@ class LstmStepOp : public OpKernel {
                     packed.shape().DebugString())));
     OP_REQUIRES(ctx, reinterpret_cast<uintptr_t>(packed.flat<float>().data()) % 32 == 0,
                 absl::InvalidArgumentError("packed is not 32-byte aligned"));
-    const bool per_row = addend.dims() == 2;
-    OP_REQUIRES(ctx, addend.shape() == TensorShape({4 * units}) ||
-                         addend.shape() == TensorShape({rows, 4 * units}),
+    const bool picked = addend_rows.NumElements() > 0;
+    OP_REQUIRES(ctx, addend_rows.dims() == 1 &&
+                         (addend_rows.dim_size(0) == rows || !picked),
                 absl::InvalidArgumentError(absl::StrCat(
-                    "addend must be (4 units) or (rows, 4 units) with 4 units = ", 4 * units,
-                    ", got ", addend.shape().DebugString())));
+                    "addend_rows must be (", rows, ",) or empty, got ",
+                    addend_rows.shape().DebugString())));
+    const bool per_row = addend.dims() == 2;
+    OP_REQUIRES(ctx, (addend.shape() == TensorShape({4 * units}) && !picked) ||
+                         (per_row && addend.dim_size(1) == 4 * units &&
+                          (picked || addend.dim_size(0) == rows)),
+                absl::InvalidArgumentError(absl::StrCat(
+                    "addend must be (4 units) = (", 4 * units, ",), (rows, 4 units), or (n, 4 "
+                    "units) with addend_rows; got ", addend.shape().DebugString(),
+                    " with addend_rows ", addend_rows.shape().DebugString())));
+    // Each row's addend, checked before any work.
+    const float* ap = addend.flat<float>().data();
+    std::vector<const float*> adds(rows, ap);
+    if (per_row) {
+      const int32_t* index = picked ? addend_rows.flat<int32_t>().data() : nullptr;
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t i = picked ? index[r] : r;
+        OP_REQUIRES(ctx, 0 <= i && i < addend.dim_size(0),
+                    absl::InvalidArgumentError(absl::StrCat(
+                        "addend_rows[", r, "] = ", i, " is not in [0, ",
+                        addend.dim_size(0), ")")));
+        adds[r] = ap + i * 4 * units;
+      }
+    }
     Tensor *h_out = nullptr, *c_out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, h.shape(), &h_out));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, h.shape(), &c_out));
@@ -206,10 +233,8 @@ class LstmStepOp : public OpKernel {
     const float* hp = h.flat<float>().data();
     const float* cp = c.flat<float>().data();
     const float* pp = packed.flat<float>().data();
-    const float* ap = addend.flat<float>().data();
     float* ho = h_out->flat<float>().data();
     float* co = c_out->flat<float>().data();
-    const int64_t add_stride = per_row ? 4 * units : 0;
     const int64_t depth = in + units;
     // Panels [begin, end): every row of each, a tile of kRows rows at a time
     // (the panel, depth x 64 bytes, stays in the core's caches meanwhile).
@@ -221,22 +246,22 @@ class LstmStepOp : public OpKernel {
         const int64_t unit = 4 * p;
         int64_t r = chunk;
         for (; r + kRows <= chunk_end; r += kRows) {
-          Tile<kRows>(xp + r * in, in, hp + r * units, units, panel, ap + r * add_stride,
-                      add_stride, cp + r * units, unit, ho + r * units, co + r * units);
+          Tile<kRows>(xp + r * in, in, hp + r * units, units, panel, adds.data() + r,
+                      cp + r * units, unit, ho + r * units, co + r * units);
         }
         const int64_t left = chunk_end - r;
         const float* xr = xp + r * in;
         const float* hr = hp + r * units;
-        const float* ar = ap + r * add_stride;
+        const float* const* ar = adds.data() + r;
         const float* cr = cp + r * units;
         float* hor = ho + r * units;
         float* cor = co + r * units;
         switch (left) {
-          case 1: Tile<1>(xr, in, hr, units, panel, ar, add_stride, cr, unit, hor, cor); break;
-          case 2: Tile<2>(xr, in, hr, units, panel, ar, add_stride, cr, unit, hor, cor); break;
-          case 3: Tile<3>(xr, in, hr, units, panel, ar, add_stride, cr, unit, hor, cor); break;
-          case 4: Tile<4>(xr, in, hr, units, panel, ar, add_stride, cr, unit, hor, cor); break;
-          case 5: Tile<5>(xr, in, hr, units, panel, ar, add_stride, cr, unit, hor, cor); break;
+          case 1: Tile<1>(xr, in, hr, units, panel, ar, cr, unit, hor, cor); break;
+          case 2: Tile<2>(xr, in, hr, units, panel, ar, cr, unit, hor, cor); break;
+          case 3: Tile<3>(xr, in, hr, units, panel, ar, cr, unit, hor, cor); break;
+          case 4: Tile<4>(xr, in, hr, units, panel, ar, cr, unit, hor, cor); break;
+          case 5: Tile<5>(xr, in, hr, units, panel, ar, cr, unit, hor, cor); break;
           default: break;
         }
       }

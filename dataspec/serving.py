@@ -53,6 +53,7 @@ PRECISIONS = ("float32", "bfloat16")
 # How a step's LSTM layers run: TensorFlow's own ops (what the SavedModel
 # holds), or dataspec/decode_ops.cc's one op per layer (CPU, float32).
 DECODE_OPS = ("tensorflow", "fused")
+_NO_ROWS = np.zeros([0], np.int32)  # TextgenLstmStep's addend_rows: none picked
 SCORE_CHUNK = 256  # tokens per step of the score signature's loop
 PREFILL_CHUNK = 32  # prompt tokens per step of generation's prefill loop
 NOISE_BLOCK = 32  # decode positions whose sampling noise is hashed at once
@@ -359,12 +360,12 @@ class LanguageModel(tf.Module):
     hs, cs = [], []
     for layer in range(self._spec.num_layers):
       if w.packed is not None:  # decode_ops="fused": the layer in one op
-        if layer == 0 and w.input_table is not None:
-          x, addend = tf.zeros([tf.shape(tokens)[0], 0]), tf.gather(w.input_table, tokens)
+        if layer == 0 and w.input_table is not None:  # the op reads the table's rows
+          x, addend, rows = tf.zeros([tf.shape(tokens)[0], 0]), w.input_table, tokens
         else:
-          addend = w.biases[layer]
+          addend, rows = w.biases[layer], _NO_ROWS
         x, c_new = self._step_op(x=x, h=h[layer], c=c[layer], packed=w.packed[layer],
-                                 addend=addend)
+                                 addend=addend, addend_rows=rows)
         hs.append(x)
         cs.append(c_new)
         continue
@@ -414,7 +415,8 @@ class LanguageModel(tf.Module):
       def step(t, hl, cl, outputs, *, masked, xw=xw, recurrent=recurrent, keep=keep,
                packed=packed):
         if packed is not None:  # decode_ops="fused"
-          h_new, c_new = self._step_op(x=no_input, h=hl, c=cl, packed=packed, addend=xw[t])
+          h_new, c_new = self._step_op(x=no_input, h=hl, c=cl, packed=packed, addend=xw[t],
+                                       addend_rows=_NO_ROWS)
         else:
           h_new, c_new = _cell(xw[t] + _product(tf.matmul, hl, recurrent), cl)
         outputs = outputs.write(t, h_new) if keep else outputs

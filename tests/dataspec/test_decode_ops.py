@@ -17,6 +17,9 @@ pytestmark = pytest.mark.skipif(
     reason="the fused decode op needs an x86-64 CPU with AVX2 and FMA")
 
 
+NO_ROWS = tf.zeros([0], tf.int32)
+
+
 def _ops():
   ops = decode_ops.load()
   assert ops is not None, "not built: python -m dataspec.decode_ops"
@@ -33,20 +36,30 @@ def _reference(x, h, c, kernel, recurrent_kernel, addend):
 
 @pytest.mark.parametrize("rows,in_dim,units", [
     (1, 0, 4), (5, 3, 8), (6, 16, 12), (7, 0, 16), (13, 64, 32), (256, 64, 64)])
-@pytest.mark.parametrize("per_row", [False, True])
-def test_step_matches_tensorflow_ops(rows, in_dim, units, per_row):
+@pytest.mark.parametrize("addend_kind", ["bias", "per_row", "picked"])
+def test_step_matches_tensorflow_ops(rows, in_dim, units, addend_kind):
   """Every tile height (6 rows and the 1-5 left over), with and without an
-  input product, a bias or per-row addend; (256, 64, 64) splits the panels
-  over the intra-op threads."""
+  input product; a bias, a per-row addend, or rows picked from a table
+  (addend_rows, as the input table is read); (256, 64, 64) splits the
+  panels over the intra-op threads."""
   rng = np.random.default_rng(rows * 100 + units)
   f = lambda *shape: tf.constant(rng.normal(0, 0.5, shape), tf.float32)
   x, h, c = f(rows, in_dim), f(rows, units), f(rows, units)
   kernel = f(in_dim, 4 * units) if in_dim else None
   recurrent = f(units, 4 * units)
-  addend = f(rows, 4 * units) if per_row else f(4 * units)
+  addend_rows = NO_ROWS
+  if addend_kind == "bias":
+    addend = reference_addend = f(4 * units)
+  elif addend_kind == "per_row":
+    addend = reference_addend = f(rows, 4 * units)
+  else:
+    addend = f(9, 4 * units)
+    addend_rows = tf.constant(rng.integers(0, 9, rows), tf.int32)
+    reference_addend = tf.gather(addend, addend_rows)
   packed = decode_ops.pack_kernel(kernel, recurrent)
-  h_out, c_out = _ops().lstm_step(x=x, h=h, c=c, packed=packed, addend=addend)
-  h_ref, c_ref = _reference(x, h, c, kernel, recurrent, addend)
+  h_out, c_out = _ops().lstm_step(x=x, h=h, c=c, packed=packed, addend=addend,
+                                  addend_rows=addend_rows)
+  h_ref, c_ref = _reference(x, h, c, kernel, recurrent, reference_addend)
   np.testing.assert_allclose(h_out.numpy(), h_ref.numpy(), rtol=0, atol=2e-6)
   np.testing.assert_allclose(c_out.numpy(), c_ref.numpy(), rtol=1e-6, atol=2e-6)
 
@@ -61,7 +74,7 @@ def test_a_rows_state_does_not_depend_on_the_rows_beside_it():
   x, h, c, addend = f(256, in_dim), f(256, units), f(256, units), f(256, 4 * units)
   packed = decode_ops.pack_kernel(f(in_dim, 4 * units), f(units, 4 * units))
   step = lambda n: [t.numpy() for t in _ops().lstm_step(
-      x=x[:n], h=h[:n], c=c[:n], packed=packed, addend=addend[:n])]
+      x=x[:n], h=h[:n], c=c[:n], packed=packed, addend=addend[:n], addend_rows=NO_ROWS)]
   whole = step(256)
   for n in (1, 7):
     for part, full in zip(step(n), whole):
@@ -102,14 +115,22 @@ def test_step_rejects_mismatched_shapes():
   ops = _ops()
   x, h = tf.zeros([2, 3]), tf.zeros([2, 8])
   packed = decode_ops.pack_kernel(tf.zeros([3, 32]), tf.zeros([8, 32]))
+  step = lambda **kw: ops.lstm_step(**dict(
+      dict(x=x, h=h, c=h, packed=packed, addend=tf.zeros([32]), addend_rows=NO_ROWS), **kw))
   with pytest.raises(tf.errors.InvalidArgumentError, match="packed must be"):
-    ops.lstm_step(x=x, h=h, c=h, packed=packed[:, :-1], addend=tf.zeros([32]))
+    step(packed=packed[:, :-1])
   with pytest.raises(tf.errors.InvalidArgumentError, match="addend must be"):
-    ops.lstm_step(x=x, h=h, c=h, packed=packed, addend=tf.zeros([3, 32]))
+    step(addend=tf.zeros([3, 32]))
+  with pytest.raises(tf.errors.InvalidArgumentError, match="addend must be"):
+    step(addend_rows=tf.constant([0, 1]))  # rows picked from a bias
+  with pytest.raises(tf.errors.InvalidArgumentError, match="addend_rows must be"):
+    step(addend=tf.zeros([5, 32]), addend_rows=tf.constant([0, 1, 2]))
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r"addend_rows\[1\] = 5 is not in"):
+    step(addend=tf.zeros([5, 32]), addend_rows=tf.constant([0, 5]))
   with pytest.raises(tf.errors.InvalidArgumentError, match="h and c"):
-    ops.lstm_step(x=x, h=h, c=tf.zeros([2, 4]), packed=packed, addend=tf.zeros([32]))
+    step(c=tf.zeros([2, 4]))
   with pytest.raises(tf.errors.InvalidArgumentError, match="x must be"):
-    ops.lstm_step(x=tf.zeros([3, 3]), h=h, c=h, packed=packed, addend=tf.zeros([32]))
+    step(x=tf.zeros([3, 3]))
 
 
 def _model(decode_ops_value, *, units=32, embedding=16, layers=2, seed=0):
