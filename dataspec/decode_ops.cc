@@ -236,35 +236,34 @@ class LstmStepOp : public OpKernel {
     float* ho = h_out->flat<float>().data();
     float* co = c_out->flat<float>().data();
     const int64_t depth = in + units;
-    // Panels [begin, end): every row of each, a tile of kRows rows at a time
-    // (the panel, depth x 64 bytes, stays in the core's caches meanwhile).
+    // Rows r..r+n-1 (n <= kRows) of one panel.
+    auto tile = [&](int64_t n, int64_t r, const float* panel, int64_t unit) {
+      const float* xr = xp + r * in;
+      const float* hr = hp + r * units;
+      const float* const* ar = adds.data() + r;
+      const float* cr = cp + r * units;
+      float* hor = ho + r * units;
+      float* cor = co + r * units;
+      switch (n) {
+        case 1: Tile<1>(xr, in, hr, units, panel, ar, cr, unit, hor, cor); break;
+        case 2: Tile<2>(xr, in, hr, units, panel, ar, cr, unit, hor, cor); break;
+        case 3: Tile<3>(xr, in, hr, units, panel, ar, cr, unit, hor, cor); break;
+        case 4: Tile<4>(xr, in, hr, units, panel, ar, cr, unit, hor, cor); break;
+        case 5: Tile<5>(xr, in, hr, units, panel, ar, cr, unit, hor, cor); break;
+        default: Tile<kRows>(xr, in, hr, units, panel, ar, cr, unit, hor, cor); break;
+      }
+    };
+    // Panels [begin, end): every row of each, kChunkRows rows at a time, a
+    // tile of kRows rows after another (the panel, depth x 64 bytes, stays
+    // in the core's caches meanwhile).
     auto panels = [&](int64_t begin, int64_t end) {
       for (int64_t chunk = 0; chunk < rows; chunk += kChunkRows) {
-      const int64_t chunk_end = std::min(rows, chunk + kChunkRows);
-      for (int64_t p = begin; p < end; ++p) {
-        const float* panel = pp + p * depth * kColumns;
-        const int64_t unit = 4 * p;
-        int64_t r = chunk;
-        for (; r + kRows <= chunk_end; r += kRows) {
-          Tile<kRows>(xp + r * in, in, hp + r * units, units, panel, adds.data() + r,
-                      cp + r * units, unit, ho + r * units, co + r * units);
+        const int64_t chunk_end = std::min(rows, chunk + kChunkRows);
+        for (int64_t p = begin; p < end; ++p) {
+          for (int64_t r = chunk; r < chunk_end; r += kRows) {
+            tile(std::min<int64_t>(kRows, chunk_end - r), r, pp + p * depth * kColumns, 4 * p);
+          }
         }
-        const int64_t left = chunk_end - r;
-        const float* xr = xp + r * in;
-        const float* hr = hp + r * units;
-        const float* const* ar = adds.data() + r;
-        const float* cr = cp + r * units;
-        float* hor = ho + r * units;
-        float* cor = co + r * units;
-        switch (left) {
-          case 1: Tile<1>(xr, in, hr, units, panel, ar, cr, unit, hor, cor); break;
-          case 2: Tile<2>(xr, in, hr, units, panel, ar, cr, unit, hor, cor); break;
-          case 3: Tile<3>(xr, in, hr, units, panel, ar, cr, unit, hor, cor); break;
-          case 4: Tile<4>(xr, in, hr, units, panel, ar, cr, unit, hor, cor); break;
-          case 5: Tile<5>(xr, in, hr, units, panel, ar, cr, unit, hor, cor); break;
-          default: break;
-        }
-      }
       }
     };
     const int64_t num_panels = units / 4;
