@@ -51,19 +51,15 @@ def measurable_impls(impls: Iterable[str], *, explicit: bool) -> Tuple[list, str
   impls = list(impls)
   if explicit:
     return impls, ""
-  notes, left_out = [], []
-  if not cpu_has_bfloat16():
-    bf16 = [i for i in impls if i.endswith("_bf16")]
-    left_out += bf16
-    if bf16:
-      notes.append(f"{', '.join(bf16)} (this CPU has no bfloat16 matrix units, AMX or "
-                   "AVX512_BF16)")
   from dataspec import decode_ops  # pylint: disable=g-import-not-at-top
-  if not decode_ops.runs_here():
-    fused = [i for i in impls if i.endswith("_fused")]
-    left_out += fused
-    if fused:
-      notes.append(f"{', '.join(fused)} (the fused decode ops need AVX2 and FMA)")
+  notes, left_out = [], []
+  for suffix, runs, why in (
+      ("_bf16", cpu_has_bfloat16, "this CPU has no bfloat16 matrix units, AMX or AVX512_BF16"),
+      ("_fused", decode_ops.runs_here, "the fused decode ops need AVX2 and FMA")):
+    kind = [i for i in impls if i.endswith(suffix)]
+    if kind and not runs():
+      left_out += kind
+      notes.append(f"{', '.join(kind)} ({why})")
   note = (f"left out: {'; '.join(notes)}; name them in --impls to run them anyway"
           if notes else "")
   return [i for i in impls if i not in left_out], note
