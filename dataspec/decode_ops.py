@@ -69,11 +69,10 @@ def load() -> Optional[Ops]:
           "The fused decode ops are not built for TensorFlow %s (dataspec/decode_ops.py): "
           "build them with `python -m dataspec.decode_ops` (needs g++).", tf.__version__)
       return None
-    try:
-      modules.append(tf.load_op_library(path))
-    except (tf.errors.NotFoundError, tf.errors.AlreadyExistsError, OSError) as e:
-      logging.warning("Could not load %s (%s)", path, e)
+    module = native_ops.load_library(path, "decode_ops='fused' cannot run")
+    if module is None:
       return None
+    modules.append(module)
     logging.info("Fused decode ops: %s", path)
   return Ops(lstm_step=modules[0].textgen_lstm_step,
              gumbel_noise=modules[1].textgen_gumbel_noise)

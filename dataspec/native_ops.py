@@ -18,6 +18,7 @@ import tempfile
 from typing import Callable, List
 
 from absl import app
+from absl import logging
 import tensorflow as tf
 
 from dataspec import cli
@@ -103,6 +104,16 @@ def build(source: str, variants: List[str], directory: str, *,
     if name.startswith(f"_{stem}-") and name.endswith(".so") and stale not in paths:
       os.remove(stale)
   return paths
+
+
+def load_library(path: str, without: str):
+  """tf.load_op_library(path), or None after a warning that names the
+  library, the error and `without` (what runs instead)."""
+  try:
+    return tf.load_op_library(path)
+  except (tf.errors.NotFoundError, tf.errors.AlreadyExistsError, OSError) as e:
+    logging.warning("Could not load %s (%s): %s", path, e, without)
+    return None
 
 
 def run_build(argv: List[str], build_libraries: Callable[..., List[str]], force: bool):

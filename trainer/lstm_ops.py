@@ -65,10 +65,8 @@ def _load():
     path = library_path(variant)
     if not cpu_runs(variant) or not os.path.exists(path):
       continue
-    try:
-      ops = tf.load_op_library(path)
-    except (tf.errors.NotFoundError, tf.errors.AlreadyExistsError, OSError) as e:
-      logging.warning("Could not load %s (%s): the CPU LSTM runs TensorFlow's own ops", path, e)
+    ops = native_ops.load_library(path, "the CPU LSTM runs TensorFlow's own ops")
+    if ops is None:
       return None, None
     logging.info("LSTM gate ops: %s", path)
     return variant, ops
