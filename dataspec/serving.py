@@ -171,6 +171,12 @@ def _cut_at_first(texts, needles):
 # subwords x 1,024 units: 512 MB), and there the output layer's product is
 # most of a step anyway.
 INPUT_TABLE_MAX_FLOATS = 1 << 20
+# With decode_ops="fused", the output layer and the greedy or sampled choice
+# run as one op (TextgenPick) where the output kernel has at most this many
+# floats (512 KB: the op reads it again for every 4 rows, from a core's
+# cache): char and byte models. A word or subword model's output layer is a
+# large product, which TensorFlow's matmul runs better.
+PICK_MAX_FLOATS = 1 << 17
 
 
 def _cell(z, c):
@@ -264,7 +270,7 @@ class LanguageModel(tf.Module):
     export_lib.check_weights(spec, weights)
     self._spec = spec
     self.decode_ops = decode_ops
-    self._step_op = self._noise_op = None
+    self._step_op = self._noise_op = self._pick_op = None
     if decode_ops == "fused":
       if precision != "float32":
         raise ValueError(f"decode_ops='fused' runs float32 products, not {precision}")
@@ -277,6 +283,8 @@ class LanguageModel(tf.Module):
                          "with AVX2 and FMA, built by `python -m dataspec.decode_ops`; "
                          "the log says which is missing)")
       self._step_op, self._noise_op = ops.lstm_step, ops.gumbel_noise
+      if not spec.projection_dim and spec.units * spec.vocab_size <= PICK_MAX_FLOATS:
+        self._pick_op = ops.pick
     self.tokenizer = graph_tokenizer.GraphTokenizer(tokenizer_spec, vocab)
     if self.tokenizer.vocab_size != spec.vocab_size:
       raise ValueError(f"The tokenizer has {self.tokenizer.vocab_size} ids, the "
@@ -353,8 +361,15 @@ class LanguageModel(tf.Module):
       x = _product(_dot, x, w.projection[0]) + w.projection[1]
     return _product(_dot, x, w.output_kernel) + w.output_bias
 
+  def _head(self, top, w):
+    """What the decoding loops carry between steps, from the top layer's
+    output (batch, units): the logits, or with TextgenPick (see
+    PICK_MAX_FLOATS) that output itself, the op's input."""
+    return top if self._pick_op is not None else self._logits(top, w)
+
   def _step(self, tokens, h, c, w):
-    """One position for the batch: tokens (batch,) -> logits (batch, vocab),
+    """One position for the batch: tokens (batch,) -> the next choice's
+    input (_head: the logits (batch, vocab) or the top layer's output),
     states h, c (tuples of (batch, units), one per layer); w: _Weights."""
     x = tf.gather(w.embedding, tokens) if w.input_table is None else None
     hs, cs = [], []
@@ -377,7 +392,7 @@ class LanguageModel(tf.Module):
       x, c_new = _cell(z, c[layer])
       hs.append(x)
       cs.append(c_new)
-    return self._logits(x, w), tuple(hs), tuple(cs)
+    return self._head(x, w), tuple(hs), tuple(cs)
 
   def _sequence(self, ids, lengths, h, c, w, *, top_outputs=True):
     """Runs rows of ids (batch, time), each valid up to lengths[i], from
@@ -566,7 +581,8 @@ class LanguageModel(tf.Module):
     prompt); w: _Weights.
 
     Returns:
-      (logits after each row's last id (batch, vocab), h, c).
+      (_head after each row's last id: the logits (batch, vocab) or the top
+      layer's output, h, c).
     """
     def chunk_step(start, h, c):
       chunk_lengths = tf.clip_by_value(lengths - start, 0, PREFILL_CHUNK)
@@ -583,17 +599,18 @@ class LanguageModel(tf.Module):
     _, h, c = tf.while_loop(lambda start, *_: start < tf.shape(ids)[1], chunk_step,
                             (tf.constant(0), h, c), parallel_iterations=1)
     # A row's state stops at its last id: the top layer's h is its output there.
-    return self._logits(h[-1], w), h, c
+    return self._head(h[-1], w), h, c
 
   def _decode(self, logits, h, c, w, *, choose, max_new_tokens, stop_on_eos, seeds=None,
               greedy=None, stop_strings=None, keep_bytes=None, line_start=None):
     """Picks up to max_new_tokens tokens per row, one LSTM step each.
 
     Args:
-      logits: (batch, vocab) after the prompt; h, c: tuples of layer states.
+      logits: _head after the prompt: the logits (batch, vocab) or the top
+        layer's output; h, c: tuples of layer states.
       w: _Weights.
-      choose: (logits, noise) -> (batch,) token ids; noise is the position's
-        (batch, vocab) Gumbel noise, None without seeds.
+      choose: (logits, noise) -> (batch,) token ids, logits as above; noise
+        is the position's (batch, vocab) Gumbel noise, None without seeds.
       max_new_tokens: scalar int32.
       stop_on_eos: scalar bool, or False when it is known to be when tracing
         (with no stop strings the loop then tracks no row's end).
@@ -743,16 +760,28 @@ class LanguageModel(tf.Module):
     keep_bytes = (tf.reduce_max(tf.concat([tf.strings.length(stop_strings), [0]], 0))
                   + self.tokenizer.max_piece_bytes)
 
+    # The loops carry _head's values: the logits, or with TextgenPick the
+    # top layer's output, whose greedy and sampled choices are that op (the
+    # same ops' results one by one: product, + bias, / temperature, + noise,
+    # first largest) and whose other choices take the logits first.
     def greedy_choice(logits, _):
+      if self._pick_op is not None:
+        return self._pick_op(x=logits, kernel=w.output_kernel, bias=w.output_bias,
+                             noise=tf.zeros([tf.shape(logits)[0], 0]), temperature=1.0)
       return tf.argmax(logits, axis=-1, output_type=tf.int32)
 
     def sampled(logits, noise):
+      if self._pick_op is not None:
+        return self._pick_op(x=logits, kernel=w.output_kernel, bias=w.output_bias,
+                             noise=noise, temperature=temperature)
       return tf.argmax(logits / temperature + noise, axis=-1, output_type=tf.int32)
 
     def general(logits, noise):
-      return tf.cond(greedy, lambda: greedy_choice(logits, noise), lambda: tf.argmax(
-          self._filter(logits / temperature, top_k, top_p) + noise, axis=-1,
-          output_type=tf.int32))
+      if self._pick_op is not None:
+        logits = self._logits(logits, w)
+      return tf.cond(greedy, lambda: tf.argmax(logits, axis=-1, output_type=tf.int32),
+                     lambda: tf.argmax(self._filter(logits / temperature, top_k, top_p)
+                                       + noise, axis=-1, output_type=tf.int32))
 
     # The common cases get loops without branches in them: a tf.cond inside
     # the loop cost more than the sampling itself (see bench_generate.py).

@@ -133,6 +133,50 @@ def test_step_rejects_mismatched_shapes():
     step(x=tf.zeros([3, 3]))
 
 
+def _reference_pick(x, kernel, bias, noise, temperature):
+  """serving's TensorFlow ops for the same choice."""
+  logits = tf.matmul(x, kernel) + bias
+  if noise.shape[1] == 0:
+    return tf.argmax(logits, axis=-1, output_type=tf.int32)
+  return tf.argmax(logits / temperature + noise, axis=-1, output_type=tf.int32)
+
+
+@pytest.mark.parametrize("rows,depth,vocab", [
+    (1, 8, 1), (3, 5, 17), (4, 32, 16), (7, 64, 68), (13, 256, 259), (256, 256, 68)])
+@pytest.mark.parametrize("sampled", [True, False])
+def test_pick_matches_tensorflow_ops(rows, depth, vocab, sampled):
+  """TextgenPick: tiles of 4 rows, columns 16 at a time (partial tiles and
+  columns included), the same tokens as the output layer + argmax."""
+  rng = np.random.default_rng(rows * vocab)
+  x = tf.constant(rng.normal(0, 1, (rows, depth)), tf.float32)
+  kernel = tf.constant(rng.normal(0, 0.3, (depth, vocab)), tf.float32)
+  bias = tf.constant(rng.normal(0, 0.3, vocab), tf.float32)
+  noise = tf.constant(rng.gumbel(size=(rows, vocab if sampled else 0)), tf.float32)
+  for temperature in (1.0, 0.7):
+    got = _ops().pick(x=x, kernel=kernel, bias=bias, noise=noise, temperature=temperature)
+    expected = _reference_pick(x, kernel, bias, noise, temperature)
+    np.testing.assert_array_equal(got.numpy(), expected.numpy())
+
+
+def test_pick_takes_the_first_of_equal_scores_and_rejects_bad_shapes():
+  """As tf.argmax: the lowest id among equal largest scores, also when every
+  score is -inf; each shape mismatch named."""
+  pick = lambda **kw: _ops().pick(**dict(
+      dict(x=tf.zeros([5, 3]), kernel=tf.zeros([3, 40]), noise=tf.zeros([5, 0]),
+           bias=tf.constant([0.0] * 17 + [2.0] + [0.0] * 20 + [2.0, 1.0]),
+           temperature=1.0), **kw)).numpy().tolist()
+  assert pick() == [17] * 5
+  assert pick(bias=tf.fill([40], -np.inf)) == [0] * 5
+  with pytest.raises(tf.errors.InvalidArgumentError, match="do not fit"):
+    pick(kernel=tf.zeros([4, 40]))
+  with pytest.raises(tf.errors.InvalidArgumentError, match="bias must be"):
+    pick(bias=tf.zeros([39]))
+  with pytest.raises(tf.errors.InvalidArgumentError, match="noise must be"):
+    pick(noise=tf.zeros([5, 39]))
+  with pytest.raises(tf.errors.InvalidArgumentError, match="temperature must be"):
+    pick(temperature=[1.0])
+
+
 def _model(decode_ops_value, *, units=32, embedding=16, layers=2, seed=0):
   vocab = list(tokenizer_lib.RESERVED_TOKENS) + list("abcdefgh ")
   spec = export_lib.ModelSpec(vocab_size=len(vocab), embedding_dim=embedding, units=units,
@@ -144,30 +188,59 @@ def _model(decode_ops_value, *, units=32, embedding=16, layers=2, seed=0):
                                vocab, decode_ops=decode_ops_value)
 
 
+SETTINGS = [  # (greedy, top_k, top_p, stop): each of the four decoding loops
+    (False, 0, 1.0, ()), (True, 0, 1.0, ()), (False, 3, 0.9, ()), (False, 0, 1.0, ("ha",))]
+
+
 @pytest.mark.parametrize("input_table", [True, False])
-def test_fused_decoding_writes_the_tensorflow_paths_text(input_table, monkeypatch):
-  """Prefill and decoding through the op: the same tokens as TensorFlow's
-  ops (the SavedModel's path) here, sampled and greedy; the states differ
-  by float rounding only."""
+@pytest.mark.parametrize("pick", [True, False])
+def test_fused_decoding_writes_the_tensorflow_paths_text(input_table, pick, monkeypatch):
+  """Prefill and decoding through the ops (with and without TextgenPick):
+  the same tokens as TensorFlow's ops (the SavedModel's path) here, in each
+  decoding loop; the states differ by float rounding only."""
   if not input_table:
     monkeypatch.setattr(serving, "INPUT_TABLE_MAX_FLOATS", 0)
+  if not pick:
+    monkeypatch.setattr(serving, "PICK_MAX_FLOATS", 0)
+  assert (_model("fused")._pick_op is not None) == pick  # pylint: disable=protected-access
   prompts = tf.constant(["abc", "hag f", "a", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"])
   index, zeros = tf.range(4, dtype=tf.int64), tf.zeros([4], tf.int64)
-  for greedy in (False, True):
-    tokens = []
+  for greedy, top_k, top_p, stop in SETTINGS:
+    outputs = []
     for value in ("tensorflow", "fused"):
-      sample = _model(value).sampler(temperature=1.0, top_k=0, top_p=1.0, greedy=greedy,
-                                     seed=3, stop=())
-      tokens.append(sample(prompts, index, zeros, tf.constant(60))["token_ids"].numpy())
-    np.testing.assert_array_equal(tokens[0], tokens[1])
+      sample = _model(value).sampler(temperature=0.8, top_k=top_k, top_p=top_p,
+                                     greedy=greedy, seed=3, stop=stop)
+      outputs.append(sample(prompts, index, zeros, tf.constant(60)))
+    for key in ("token_ids", "text", "num_tokens"):
+      np.testing.assert_array_equal(outputs[0][key].numpy(), outputs[1][key].numpy())
   ids = tf.constant([[4, 5, 6, 7, 8, 9, 10, 11]] * 3)
   lengths = tf.constant([8, 3, 5])
   results = []
   for value in ("tensorflow", "fused"):
     lm = _model(value)
-    results.append(lm._prefill(ids, lengths, lm._read_weights()))  # pylint: disable=protected-access
+    w = lm._read_weights()  # pylint: disable=protected-access
+    head, h, c = lm._prefill(ids, lengths, w)  # pylint: disable=protected-access
+    if lm._pick_op is not None:  # pylint: disable=protected-access
+      head = lm._logits(head, w)  # pylint: disable=protected-access
+    results.append((head, h, c))
   for fused, reference in zip(results[1], results[0]):
     np.testing.assert_allclose(fused.numpy(), reference.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_pick_runs_only_where_the_output_layer_is_small():
+  """TextgenPick for char and byte models' output layers; a large
+  vocabulary's layer or a projection stays TensorFlow's matmul."""
+  assert _model("fused")._pick_op is not None  # pylint: disable=protected-access
+  assert _model("tensorflow")._pick_op is None  # pylint: disable=protected-access
+  vocab = list(tokenizer_lib.RESERVED_TOKENS) + [chr(0x100 + i) for i in range(1021)]
+  for vocab_size, projection, picks in ((len(vocab), 0, False), (12, 8, False)):
+    spec = export_lib.ModelSpec(vocab_size=vocab_size, embedding_dim=8, units=256,
+                                num_layers=1, window_length=16, projection_dim=projection)
+    weights = {name: np.zeros(shape, np.float32)
+               for name, shape in export_lib.weight_shapes(spec).items()}
+    lm = serving.LanguageModel(spec, weights, tokenizer_lib.TokenizerSpec(type="char"),
+                               vocab[:vocab_size], decode_ops="fused")
+    assert (lm._pick_op is not None) == picks  # pylint: disable=protected-access
 
 
 def test_fused_model_refuses_what_it_cannot_do(tmp_path, monkeypatch):
