@@ -29,7 +29,8 @@ every round:
             traced, one picked per call).
   ours_fused
             ours with textgen-generate's --decode_ops=fused: each LSTM layer's
-            step as one compiled op, sampling's noise as another
+            step as one compiled op, sampling's noise as another, the output
+            layer with the choice of the token as a third
             (dataspec/decode_ops.py; AVX2 x86-64 CPUs).
   ours_bf16, torch_bf16
             ours with textgen-generate's --precision=bfloat16 (products in

@@ -69,10 +69,47 @@ def load_average() -> float:
   return os.getloadavg()[0]
 
 
+def cpu_times(stat: str = "/proc/stat"):
+  """(steal, total) clock ticks of all CPUs since boot from `stat`'s "cpu"
+  line, or None where there is no such file (not Linux)."""
+  try:
+    with open(stat, encoding="utf-8") as f:
+      fields = f.readline().split()
+  except OSError:
+    return None
+  # cpu user nice system idle iowait irq softirq steal [guest guest_nice]:
+  # guest time is counted in user and nice already.
+  ticks = [int(v) for v in fields[1:9]]
+  return ticks[7], sum(ticks)
+
+
+_previous_times = None
+
+
+def steal_share(stat: str = "/proc/stat"):
+  """The share of the CPUs' time that the hypervisor gave to other guests
+  (steal) since the previous call, or None on the first call (or without
+  `stat`). On a shared VM it is what makes single rounds swing: on the
+  2-core AMD EPYC VM, 2026-12-03 afternoon, vmstat showed 0-23% steal
+  during a run while the machine ran nothing else."""
+  global _previous_times
+  times, previous = cpu_times(stat), _previous_times
+  _previous_times = times
+  if times is None or previous is None or times[1] <= previous[1]:
+    return None
+  return (times[0] - previous[0]) / (times[1] - previous[1])
+
+
 def describe() -> str:
-  """One line: CPUs, CPU model, 1-minute load average."""
-  return (f"{os.cpu_count()} CPUs ({cpu_model()}), 1-minute load average "
+  """One line: CPUs, CPU model, 1-minute load average, and from the second
+  call on the CPU time stolen by the hypervisor since the call before
+  (steal_share: a bench's line after its run says it for the run)."""
+  line = (f"{os.cpu_count()} CPUs ({cpu_model()}), 1-minute load average "
           f"{load_average():.2f}")
+  steal = steal_share()
+  if steal is not None:
+    line += f", CPU time stolen by the hypervisor since the line before {steal:.1%}"
+  return line
 
 
 def matmul_flops(m: int, k: int, n: int, *, trials: int = 5,

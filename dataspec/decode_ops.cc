@@ -1,7 +1,8 @@
 // One LSTM layer's decode step as one TensorFlow CPU op (dataspec/decode_ops.py
 // builds and loads it; dataspec/serving.py runs it with --decode_ops=fused).
 //
-// TextgenLstmStep  x (rows, in; in may be 0), h, c (rows, units),
+// TextgenLstmStep  x (rows, in), or (n, 0) with no input columns (a
+//                  constant, not a per-step tf.zeros), h, c (rows, units),
 //                  packed (units / 4, in + units, 16): the layer's kernel and
 //                  recurrent kernel stacked and laid out by pack_kernel() in
 //                  decode_ops.py, addend (4 units): the bias, or (n, 4
@@ -12,7 +13,7 @@
 //                  -> h', c' (rows, units) after the step.
 // TextgenPick      x (rows, depth): the top layer's output, kernel (depth,
 //                  vocab), bias (vocab): the output layer, noise (rows,
-//                  vocab): the position's Gumbel noise, or (rows, 0) for
+//                  vocab): the position's Gumbel noise, or (n, 0) for
 //                  greedy, temperature () -> tokens (rows,): argmax of
 //                  (x kernel + bias) / temperature + noise (greedy: of
 //                  x kernel + bias), the first of equal scores, as the
@@ -193,9 +194,9 @@ class LstmStepOp : public OpKernel {
                     "h and c must be (rows, units) alike, got ", h.shape().DebugString(),
                     " and ", c.shape().DebugString())));
     const int64_t rows = h.dim_size(0), units = h.dim_size(1);
-    OP_REQUIRES(ctx, x.dims() == 2 && x.dim_size(0) == rows,
+    OP_REQUIRES(ctx, x.dims() == 2 && (x.dim_size(0) == rows || x.dim_size(1) == 0),
                 absl::InvalidArgumentError(absl::StrCat(
-                    "x must be (", rows, ", in), got ", x.shape().DebugString())));
+                    "x must be (", rows, ", in) or (n, 0), got ", x.shape().DebugString())));
     const int64_t in = x.dim_size(1);
     OP_REQUIRES(ctx, units % 4 == 0 &&
                          packed.shape() == TensorShape({units / 4, in + units, kColumns}),
@@ -391,11 +392,12 @@ class PickOp : public OpKernel {
                     "bias must be (vocab) = (", vocab, ",) with vocab >= 1, got ",
                     bias.shape().DebugString())));
     const bool sampled = noise.NumElements() > 0;
-    OP_REQUIRES(ctx, noise.dims() == 2 && noise.dim_size(0) == rows &&
-                         (noise.dim_size(1) == vocab || noise.dim_size(1) == 0),
+    OP_REQUIRES(ctx, noise.dims() == 2 &&
+                         ((noise.dim_size(0) == rows && noise.dim_size(1) == vocab) ||
+                          noise.dim_size(1) == 0),
                 absl::InvalidArgumentError(absl::StrCat(
-                    "noise must be (", rows, ", ", vocab, "), or (", rows,
-                    ", 0) for the largest logit, got ", noise.shape().DebugString())));
+                    "noise must be (", rows, ", ", vocab,
+                    "), or (n, 0) for the largest logit, got ", noise.shape().DebugString())));
     OP_REQUIRES(ctx, temperature.dims() == 0,
                 absl::InvalidArgumentError("temperature must be a scalar"));
     Tensor* out = nullptr;

@@ -54,6 +54,9 @@ PRECISIONS = ("float32", "bfloat16")
 # holds), or dataspec/decode_ops.cc's one op per layer (CPU, float32).
 DECODE_OPS = ("tensorflow", "fused")
 _NO_ROWS = np.zeros([0], np.int32)  # TextgenLstmStep's addend_rows: none picked
+# TextgenLstmStep's x where a layer has no input columns, TextgenPick's
+# noise when greedy: constants, where a tf.zeros([batch, 0]) was 4 ops a step.
+_NO_COLUMNS = np.zeros([0, 0], np.float32)
 SCORE_CHUNK = 256  # tokens per step of the score signature's loop
 PREFILL_CHUNK = 32  # prompt tokens per step of generation's prefill loop
 NOISE_BLOCK = 32  # decode positions whose sampling noise is hashed at once
@@ -247,7 +250,9 @@ class LanguageModel(tf.Module):
     decode_ops: "tensorflow", or "fused": each LSTM layer's step (decoding
       and prefill) runs as one compiled CPU op, TextgenLstmStep
       (dataspec/decode_ops.cc), with float32 weights packed once per call,
-      and sampling's noise as one op (the same bits). The states then
+      sampling's noise as one op (the same bits), and where the output
+      layer is small (PICK_MAX_FLOATS) that layer with the greedy or
+      sampled choice as one op, TextgenPick. The states then
       differ from the SavedModel's by float rounding, so a sample can
       differ where two tokens' noisy scores are that close;
       textgen-generate records it. Such a model cannot be saved.
@@ -376,7 +381,7 @@ class LanguageModel(tf.Module):
     for layer in range(self._spec.num_layers):
       if w.packed is not None:  # decode_ops="fused": the layer in one op
         if layer == 0 and w.input_table is not None:  # the op reads the table's rows
-          x, addend, rows = tf.zeros([tf.shape(tokens)[0], 0]), w.input_table, tokens
+          x, addend, rows = _NO_COLUMNS, w.input_table, tokens
         else:
           addend, rows = w.biases[layer], _NO_ROWS
         x, c_new = self._step_op(x=x, h=h[layer], c=c[layer], packed=w.packed[layer],
@@ -425,12 +430,11 @@ class LanguageModel(tf.Module):
       recurrent = w.recurrent_kernels[layer]
       packed = None if w.packed_recurrent is None else w.packed_recurrent[layer]
       keep = layer + 1 < self._spec.num_layers or top_outputs
-      no_input = None if packed is None else tf.zeros([batch, 0])
 
       def step(t, hl, cl, outputs, *, masked, xw=xw, recurrent=recurrent, keep=keep,
                packed=packed):
         if packed is not None:  # decode_ops="fused"
-          h_new, c_new = self._step_op(x=no_input, h=hl, c=cl, packed=packed, addend=xw[t],
+          h_new, c_new = self._step_op(x=_NO_COLUMNS, h=hl, c=cl, packed=packed, addend=xw[t],
                                        addend_rows=_NO_ROWS)
         else:
           h_new, c_new = _cell(xw[t] + _product(tf.matmul, hl, recurrent), cl)
@@ -767,7 +771,7 @@ class LanguageModel(tf.Module):
     def greedy_choice(logits, _):
       if self._pick_op is not None:
         return self._pick_op(x=logits, kernel=w.output_kernel, bias=w.output_bias,
-                             noise=tf.zeros([tf.shape(logits)[0], 0]), temperature=1.0)
+                             noise=_NO_COLUMNS, temperature=1.0)
       return tf.argmax(logits, axis=-1, output_type=tf.int32)
 
     def sampled(logits, noise):

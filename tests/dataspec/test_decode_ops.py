@@ -62,6 +62,11 @@ def test_step_matches_tensorflow_ops(rows, in_dim, units, addend_kind):
   h_ref, c_ref = _reference(x, h, c, kernel, recurrent, reference_addend)
   np.testing.assert_allclose(h_out.numpy(), h_ref.numpy(), rtol=0, atol=2e-6)
   np.testing.assert_allclose(c_out.numpy(), c_ref.numpy(), rtol=1e-6, atol=2e-6)
+  if not in_dim:  # no input columns: x may be (0, 0), a constant (serving)
+    same = _ops().lstm_step(x=tf.zeros([0, 0]), h=h, c=c, packed=packed, addend=addend,
+                            addend_rows=addend_rows)
+    for a, b in zip(same, (h_out, c_out)):
+      np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
 def test_a_rows_state_does_not_depend_on_the_rows_beside_it():
@@ -131,6 +136,8 @@ def test_step_rejects_mismatched_shapes():
     step(c=tf.zeros([2, 4]))
   with pytest.raises(tf.errors.InvalidArgumentError, match="x must be"):
     step(x=tf.zeros([3, 3]))
+  with pytest.raises(tf.errors.InvalidArgumentError, match="x must be"):
+    step(x=tf.zeros([0, 3]))
 
 
 def _reference_pick(x, kernel, bias, noise, temperature):
@@ -156,6 +163,9 @@ def test_pick_matches_tensorflow_ops(rows, depth, vocab, sampled):
     got = _ops().pick(x=x, kernel=kernel, bias=bias, noise=noise, temperature=temperature)
     expected = _reference_pick(x, kernel, bias, noise, temperature)
     np.testing.assert_array_equal(got.numpy(), expected.numpy())
+  if not sampled:  # greedy: noise may be (0, 0), a constant (serving)
+    got = _ops().pick(x=x, kernel=kernel, bias=bias, noise=tf.zeros([0, 0]), temperature=1.0)
+    np.testing.assert_array_equal(got.numpy(), expected.numpy())
 
 
 def test_pick_takes_the_first_of_equal_scores_and_rejects_bad_shapes():
@@ -173,6 +183,8 @@ def test_pick_takes_the_first_of_equal_scores_and_rejects_bad_shapes():
     pick(bias=tf.zeros([39]))
   with pytest.raises(tf.errors.InvalidArgumentError, match="noise must be"):
     pick(noise=tf.zeros([5, 39]))
+  with pytest.raises(tf.errors.InvalidArgumentError, match="noise must be"):
+    pick(noise=tf.zeros([4, 40]))
   with pytest.raises(tf.errors.InvalidArgumentError, match="temperature must be"):
     pick(temperature=[1.0])
 
