@@ -46,8 +46,11 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <limits>
+#include <memory>
+#include <thread>
 #include <vector>
 
 #include "tensorflow/core/framework/common_shape_fns.h"
@@ -90,6 +93,45 @@ REGISTER_OP("TextgenLstmStep")
       c->set_output(1, c->input(1));
       return absl::OkStatus();
     });
+
+// Runs fn(b) for blocks b = 0..num_blocks-1 on the calling thread and up to
+// `helpers` of the pool's threads, each taking the next block as it comes.
+// The caller waits only for blocks being run, never for a helper that has
+// not started (one that starts late finds no block left and touches only
+// the shared counters), and it waits spinning, briefly, then yielding: the
+// blocks of a decode step take microseconds, and TensorFlow's ParallelFor
+// put the caller to sleep on a condition variable and woke it again. In one
+// process alternating the two (2-core AMD EPYC VM, 2026-12-03, a decoding
+// loop of the reference model's two layers and the choice, 25 x 128 steps,
+// the same tokens): median step 0.175 against 0.395 ms at batch 1, 1.402
+// against 1.560 ms at batch 64, 5.080 against 5.254 ms at batch 256.
+template <typename Fn>
+void RunBlocks(::tsl::thread::ThreadPool* pool, int64_t num_blocks, int64_t helpers,
+               const Fn& fn) {
+  struct Counters {
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+  };
+  auto counters = std::make_shared<Counters>();
+  // Only a block taken (next < num_blocks) reaches fn, and the caller waits
+  // for every such block to be done, so fn and what it refers to outlive it.
+  auto take = [counters, num_blocks, &fn]() {
+    for (int64_t b = counters->next.fetch_add(1, std::memory_order_relaxed); b < num_blocks;
+         b = counters->next.fetch_add(1, std::memory_order_relaxed)) {
+      fn(b);
+      counters->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  for (int64_t i = 0; i < std::min(helpers, num_blocks - 1); ++i) pool->Schedule(take);
+  take();
+  for (int spins = 0; counters->done.load(std::memory_order_acquire) < num_blocks; ++spins) {
+    if (spins < 4096) {
+      _mm_pause();
+    } else {
+      std::this_thread::yield();
+    }
+  }
+}
 
 inline Packet8f Logistic(Packet8f x) {
   return Eigen::internal::scalar_logistic_op<float>().packetOp(x);
@@ -297,8 +339,9 @@ class LstmStepOp : public OpKernel {
     const int64_t block =
         std::max<int64_t>(1, (num_panels + blocks_per_thread * threads - 1) /
                                  (blocks_per_thread * threads));
-    pool->ParallelFor(num_panels, ::tsl::thread::ThreadPool::SchedulingParams::Fixed(block),
-                      panels);
+    RunBlocks(pool, (num_panels + block - 1) / block, threads - 1, [&](int64_t b) {
+      panels(b * block, std::min(num_panels, (b + 1) * block));
+    });
   }
 };
 
@@ -438,10 +481,10 @@ class PickOp : public OpKernel {
       tiles(0, num_tiles);
       return;
     }
-    pool->ParallelFor(num_tiles,
-                      ::tsl::thread::ThreadPool::SchedulingParams::Fixed(
-                          (num_tiles + threads - 1) / threads),
-                      tiles);
+    const int64_t block = (num_tiles + threads - 1) / threads;
+    RunBlocks(pool, (num_tiles + block - 1) / block, threads - 1, [&](int64_t b) {
+      tiles(b * block, std::min(num_tiles, (b + 1) * block));
+    });
   }
 };
 
