@@ -1,6 +1,8 @@
 """The fused decode op (dataspec/decode_ops.cc) against TensorFlow's ops, and
 LanguageModel(decode_ops="fused") against the SavedModel's own path."""
 
+import concurrent.futures
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -84,6 +86,32 @@ def test_a_rows_state_does_not_depend_on_the_rows_beside_it():
   for n in (1, 7):
     for part, full in zip(step(n), whole):
       np.testing.assert_array_equal(part, full[:n])
+
+
+def test_ops_called_at_once_from_many_threads_give_the_same_bits():
+  """Each call splits its rows' work with the pool's threads, which other
+  calls keep busy here: a helper that starts after its call has finished
+  finds no block left (dataspec/decode_ops.cc, RunBlocks). No call waits
+  forever, and every result is the lone call's."""
+  rng = np.random.default_rng(4)
+  units, in_dim, vocab = 64, 64, 40
+  f = lambda *shape: tf.constant(rng.normal(0, 0.5, shape), tf.float32)
+  x, h, c, bias = f(64, in_dim), f(64, units), f(64, units), f(4 * units)
+  packed = decode_ops.pack_kernel(f(in_dim, 4 * units), f(units, 4 * units))
+  kernel, out_bias, noise = f(units, vocab), f(vocab), f(64, vocab)
+  ops = _ops()
+
+  def call(_):
+    h_out, c_out = ops.lstm_step(x=x, h=h, c=c, packed=packed, addend=bias,
+                                 addend_rows=NO_ROWS)
+    tokens = ops.pick(x=h_out, kernel=kernel, bias=out_bias, noise=noise, temperature=0.9)
+    return h_out.numpy(), c_out.numpy(), tokens.numpy()
+
+  alone = call(None)
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    for result in pool.map(call, range(200)):
+      for got, expected in zip(result, alone):
+        np.testing.assert_array_equal(got, expected)
 
 
 @pytest.mark.parametrize("vocab_size", [1, 5, 68, 257])
