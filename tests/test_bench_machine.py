@@ -28,8 +28,9 @@ def test_steal_share_is_the_stolen_part_of_the_ticks_between_calls(tmp_path, mon
 
 
 def test_describe_adds_the_steal_from_its_second_line_on(monkeypatch):
+  # Fixed readings: the machine's own ticks move between two calls.
+  readings = iter([(100, 1000), (105, 1050)])
+  monkeypatch.setattr(machine, "cpu_times", lambda *_: next(readings))
   monkeypatch.setattr(machine, "_previous_times", None)
   assert "stolen" not in machine.describe()
-  times = machine.cpu_times()
-  monkeypatch.setattr(machine, "cpu_times", lambda *_: (times[0] + 5, times[1] + 50))
   assert machine.describe().endswith("since the line before 10.0%")
