@@ -22,11 +22,9 @@ import functools
 import os
 from typing import List, NamedTuple, Optional
 
-from absl import flags
 from absl import logging
 import tensorflow as tf
 
-from dataspec import cli
 from dataspec import native_ops
 
 _DIR = os.path.dirname(os.path.abspath(__file__))
@@ -101,15 +99,5 @@ def pack_kernel(kernel: Optional[tf.Tensor], recurrent_kernel: tf.Tensor) -> tf.
                     [units // PANEL_UNITS, depth, 4 * PANEL_UNITS])
 
 
-FLAGS = flags.FlagValues()
-_FORCE = flags.DEFINE_bool("force", False, "Rebuild libraries that are already built.",
-                           flag_values=FLAGS)
-
-
-def main(argv):
-  """Builds the libraries; prints their paths."""
-  native_ops.run_build(argv, build, _FORCE.value)
-
-
 if __name__ == "__main__":
-  cli.run(main, flag_values=FLAGS, doc=__doc__)
+  native_ops.run_build(build, __doc__)

@@ -18,6 +18,7 @@ import tempfile
 from typing import Callable, List
 
 from absl import app
+from absl import flags
 from absl import logging
 import tensorflow as tf
 
@@ -116,16 +117,24 @@ def load_library(path: str, without: str):
     return None
 
 
-def run_build(argv: List[str], build_libraries: Callable[..., List[str]], force: bool):
-  """The body of a `python -m` builder's main: build_libraries(force=...),
-  then the libraries' paths on stdout; a compiler's failure as one FATAL
-  line and its output (exit 1)."""
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {list(argv[1:])}")
-  try:
-    paths = build_libraries(force=force)
-  except RuntimeError as err:  # the compiler's output: several lines
-    sys.stderr.write(f"FATAL {cli.program_name()}: {err}\n")
-    sys.exit(1)
-  for path in paths:
-    print(path)
+def run_build(build_libraries: Callable[..., List[str]], doc: str):
+  """A `python -m` builder's command line (trainer/lstm_ops.py,
+  dataspec/decode_ops.py; `doc` its usage): --force, then
+  build_libraries(force=...) and the libraries' paths on stdout; a
+  compiler's failure as one FATAL line and its output (exit 1)."""
+  flag_values = flags.FlagValues()
+  force = flags.DEFINE_bool("force", False, "Rebuild libraries that are already built.",
+                            flag_values=flag_values)
+
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"Unexpected arguments: {list(argv[1:])}")
+    try:
+      paths = build_libraries(force=force.value)
+    except RuntimeError as err:  # the compiler's output: several lines
+      sys.stderr.write(f"FATAL {cli.program_name()}: {err}\n")
+      sys.exit(1)
+    for path in paths:
+      print(path)
+
+  cli.run(main, flag_values=flag_values, doc=doc)

@@ -27,11 +27,9 @@ import functools
 import os
 from typing import FrozenSet, List
 
-from absl import flags
 from absl import logging
 import tensorflow as tf
 
-from dataspec import cli
 from dataspec import native_ops
 from dataspec.cpuinfo import cpu_flags
 
@@ -125,15 +123,5 @@ def sequence_ops():
   return ops
 
 
-FLAGS = flags.FlagValues()
-_FORCE = flags.DEFINE_bool("force", False, "Rebuild libraries that are already built.",
-                           flag_values=FLAGS)
-
-
-def main(argv):
-  """Builds the libraries; prints their paths."""
-  native_ops.run_build(argv, build, _FORCE.value)
-
-
 if __name__ == "__main__":
-  cli.run(main, flag_values=FLAGS, doc=__doc__)
+  native_ops.run_build(build, __doc__)
