@@ -6,7 +6,8 @@
 For textgen-generate --decode_ops=fused (dataspec.serving.LanguageModel,
 decode_ops="fused"), two libraries:
   - `decode_ops.cc`, TextgenLstmStep: one LSTM layer's step (its products,
-    on weights packed once, and its gate math) as one op, and TextgenPick:
+    on weights packed once, and its gate math) as one op (prefill's),
+    TextgenLstmLayers: every layer's step as one op (decoding's), and TextgenPick:
     the output layer and the greedy or sampled choice of the next token
     (argmax of logits / temperature + noise) as one op; built for AVX2 +
     FMA (x86-64-v3);
@@ -37,6 +38,7 @@ PANEL_UNITS = 4  # units per 16-column panel (4 gates each)
 
 class Ops(NamedTuple):
   lstm_step: object  # TextgenLstmStep's Python function
+  lstm_layers: object  # TextgenLstmLayers'
   pick: object  # TextgenPick's
   gumbel_noise: object  # TextgenGumbelNoise's
 
@@ -75,7 +77,8 @@ def load() -> Optional[Ops]:
       return None
     modules.append(module)
     logging.info("Fused decode ops: %s", path)
-  return Ops(lstm_step=modules[0].textgen_lstm_step, pick=modules[0].textgen_pick,
+  return Ops(lstm_step=modules[0].textgen_lstm_step, lstm_layers=modules[0].textgen_lstm_layers,
+             pick=modules[0].textgen_pick,
              gumbel_noise=modules[1].textgen_gumbel_noise)
 
 

@@ -275,7 +275,7 @@ class LanguageModel(tf.Module):
     export_lib.check_weights(spec, weights)
     self._spec = spec
     self.decode_ops = decode_ops
-    self._step_op = self._noise_op = self._pick_op = None
+    self._step_op = self._layers_op = self._noise_op = self._pick_op = None
     if decode_ops == "fused":
       if precision != "float32":
         raise ValueError(f"decode_ops='fused' runs float32 products, not {precision}")
@@ -287,7 +287,8 @@ class LanguageModel(tf.Module):
         raise ValueError("decode_ops='fused': the op does not run here (an x86-64 CPU "
                          "with AVX2 and FMA, built by `python -m dataspec.decode_ops`; "
                          "the log says which is missing)")
-      self._step_op, self._noise_op = ops.lstm_step, ops.gumbel_noise
+      self._step_op, self._layers_op, self._noise_op = (ops.lstm_step, ops.lstm_layers,
+                                                        ops.gumbel_noise)
       if not spec.projection_dim and spec.units * spec.vocab_size <= PICK_MAX_FLOATS:
         self._pick_op = ops.pick
     self.tokenizer = graph_tokenizer.GraphTokenizer(tokenizer_spec, vocab)
@@ -377,18 +378,16 @@ class LanguageModel(tf.Module):
     input (_head: the logits (batch, vocab) or the top layer's output),
     states h, c (tuples of (batch, units), one per layer); w: _Weights."""
     x = tf.gather(w.embedding, tokens) if w.input_table is None else None
+    if w.packed is not None:  # decode_ops="fused": every layer in one op
+      if w.input_table is not None:  # the op reads the table's rows
+        x, addend, rows = _NO_COLUMNS, w.input_table, tokens
+      else:
+        addend, rows = w.biases[0], _NO_ROWS
+      hs, cs = self._layers_op(x=x, addend_rows=rows, h=list(h), c=list(c),
+                               packed=list(w.packed), addends=[addend, *w.biases[1:]])
+      return self._head(hs[-1], w), tuple(hs), tuple(cs)
     hs, cs = [], []
     for layer in range(self._spec.num_layers):
-      if w.packed is not None:  # decode_ops="fused": the layer in one op
-        if layer == 0 and w.input_table is not None:  # the op reads the table's rows
-          x, addend, rows = _NO_COLUMNS, w.input_table, tokens
-        else:
-          addend, rows = w.biases[layer], _NO_ROWS
-        x, c_new = self._step_op(x=x, h=h[layer], c=c[layer], packed=w.packed[layer],
-                                 addend=addend, addend_rows=rows)
-        hs.append(x)
-        cs.append(c_new)
-        continue
       recurrent = _product(tf.matmul, h[layer], w.recurrent_kernels[layer])
       if layer == 0 and w.input_table is not None:
         z = tf.gather(w.input_table, tokens) + recurrent

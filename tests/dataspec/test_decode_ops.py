@@ -99,19 +99,78 @@ def test_ops_called_at_once_from_many_threads_give_the_same_bits():
   x, h, c, bias = f(64, in_dim), f(64, units), f(64, units), f(4 * units)
   packed = decode_ops.pack_kernel(f(in_dim, 4 * units), f(units, 4 * units))
   kernel, out_bias, noise = f(units, vocab), f(vocab), f(64, vocab)
+  stack = _stack(rng, 200, 5, (16, 8), table=True)  # by blocks of rows
   ops = _ops()
 
   def call(_):
     h_out, c_out = ops.lstm_step(x=x, h=h, c=c, packed=packed, addend=bias,
                                  addend_rows=NO_ROWS)
     tokens = ops.pick(x=h_out, kernel=kernel, bias=out_bias, noise=noise, temperature=0.9)
-    return h_out.numpy(), c_out.numpy(), tokens.numpy()
+    hs, cs = ops.lstm_layers(**stack)
+    return h_out.numpy(), c_out.numpy(), tokens.numpy(), *[t.numpy() for t in hs + cs]
 
   alone = call(None)
   with concurrent.futures.ThreadPoolExecutor(8) as pool:
     for result in pool.map(call, range(200)):
       for got, expected in zip(result, alone):
         np.testing.assert_array_equal(got, expected)
+
+
+def _stack(rng, rows, in_dim, units_list, table):
+  """Inputs of TextgenLstmLayers for layers of units_list: the first layer's
+  input x (rows, in_dim) and bias, or (table) no input columns and rows of a
+  9-row table; the same as TextgenLstmStep inputs, layer by layer."""
+  f = lambda *shape: tf.constant(rng.normal(0, 0.5, shape), tf.float32)
+  h = [f(rows, units) for units in units_list]
+  c = [f(rows, units) for units in units_list]
+  ins = [0 if table else in_dim] + list(units_list[:-1])
+  packed = [decode_ops.pack_kernel(f(i, 4 * units) if i else None, f(units, 4 * units))
+            for i, units in zip(ins, units_list)]
+  addends = [f(4 * units) for units in units_list]
+  x, addend_rows = f(rows, in_dim), NO_ROWS
+  if table:
+    x, addends[0] = tf.zeros([0, 0]), f(9, 4 * units_list[0])
+    addend_rows = tf.constant(rng.integers(0, 9, rows), tf.int32)
+  return dict(x=x, addend_rows=addend_rows, h=h, c=c, packed=packed, addends=addends)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 130, 200, 256])
+@pytest.mark.parametrize("units_list,table", [
+    ((16,), True), ((16, 8), False), ((8, 16, 12), True)])
+def test_layers_op_is_the_step_op_layer_after_layer(rows, units_list, table):
+  """TextgenLstmLayers (decoding's step: every layer in one op) has the bits
+  of TextgenLstmStep called layer after layer: below 192 rows it runs them
+  so, from there on by blocks of 24 rows through every layer (200: a block
+  of 8 left over). Layers of different widths; the first one's input from
+  x or from a table's rows."""
+  rng = np.random.default_rng(rows + len(units_list))
+  args = _stack(rng, rows, 5, units_list, table)
+  ops = _ops()
+  h_out, c_out = ops.lstm_layers(**args)
+  x, rows_arg = args["x"], args["addend_rows"]
+  for layer in range(len(units_list)):
+    h, c = ops.lstm_step(x=x, h=args["h"][layer], c=args["c"][layer],
+                         packed=args["packed"][layer], addend=args["addends"][layer],
+                         addend_rows=rows_arg)
+    np.testing.assert_array_equal(h_out[layer].numpy(), h.numpy())
+    np.testing.assert_array_equal(c_out[layer].numpy(), c.numpy())
+    x, rows_arg = h, NO_ROWS
+
+
+def test_layers_op_rejects_a_bad_layer_and_names_it():
+  ops = _ops()
+  args = _stack(np.random.default_rng(2), 4, 5, (8, 12), table=True)
+  call = lambda **kw: ops.lstm_layers(**dict(args, **kw))
+  with pytest.raises(tf.errors.InvalidArgumentError, match="layer 1: packed must be"):
+    call(packed=[args["packed"][0], args["packed"][0]])
+  with pytest.raises(tf.errors.InvalidArgumentError, match="layer 1: h and c must be"):
+    call(c=[args["c"][0], args["c"][0]])
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r"layer 0: addend_rows\[0\]"):
+    call(addend_rows=tf.constant([9, 0, 0, 0]))
+  with pytest.raises(tf.errors.InvalidArgumentError, match="layer 1: addend must be"):
+    call(addends=[args["addends"][0], tf.zeros([9, 48])])  # rows picked for layer 0 only
+  with pytest.raises(tf.errors.InvalidArgumentError, match="x must be"):
+    call(x=tf.zeros([3, 3]))
 
 
 @pytest.mark.parametrize("vocab_size", [1, 5, 68, 257])
