@@ -28,9 +28,9 @@ every round:
             SavedModel's `generate` signature runs (all four decoding loops
             traced, one picked per call).
   ours_fused
-            ours with textgen-generate's --decode_ops=fused: each LSTM layer's
-            step as one compiled op, sampling's noise as another, the output
-            layer with the choice of the token as a third
+            ours with textgen-generate's --decode_ops=fused: a decode step's
+            LSTM layers as one compiled op, sampling's noise as another, the
+            output layer with the choice of the token as a third
             (dataspec/decode_ops.py; AVX2 x86-64 CPUs).
   ours_bf16, torch_bf16
             ours with textgen-generate's --precision=bfloat16 (products in
@@ -63,7 +63,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import machine  # pylint: disable=wrong-import-position
 
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved rounds.")
-_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 256, "Decoded tokens per measurement.")
+_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 256, "Decoded tokens per measurement.",
+                                   lower_bound=2)
 _TUTORIAL_TOKENS = flags.DEFINE_integer("tutorial_tokens", 8, "Tokens of the tutorial loop.")
 _BATCHES = flags.DEFINE_list("batch_sizes", ["1", "256"], "Batch sizes.")
 _IMPLS = flags.DEFINE_list("impls", ["ours", "ours_fused", "keras", "torch", "tutorial",
@@ -79,6 +80,16 @@ EMBEDDING, UNITS, LAYERS, WINDOW = 64, 256, 2, 128
 
 def corpus() -> str:
   return open(os.path.join(REPO, "data", "tinyshakespeare.txt"), encoding="utf-8").read()
+
+
+def decode_rate(batch, new_tokens, many, one) -> float:
+  """Tokens/s of the new_tokens - 1 steps between a 1-token run (one
+  seconds) and a new_tokens run (many)."""
+  if many <= one:
+    raise RuntimeError(f"--new_tokens={new_tokens}: the run of {new_tokens} tokens "
+                       f"({many:.4f} s) was no slower than the run of 1 ({one:.4f} s); "
+                       "decode more tokens to measure the difference")
+  return batch * (new_tokens - 1) / (many - one)
 
 
 def best_of(fn, times=3) -> float:
@@ -147,7 +158,7 @@ def work_ours(batch, new_tokens, *, precision="float32", signature=False,
   one = best_of(lambda: run(1))
   many = best_of(lambda: run(new_tokens), times=1 if batch > 1 else 2)
   shared = best_of(lambda: run(1, one_prompt))  # batch samples of one prompt
-  return {"decode": batch * (new_tokens - 1) / (many - one),
+  return {"decode": decode_rate(batch, new_tokens, many, one),
           "prefill": batch * WINDOW / one, "prefill_shared": batch * WINDOW / shared,
           "start_rss_mb": start_rss}
 
@@ -181,7 +192,7 @@ def work_keras(batch, new_tokens):
   one = best_of(lambda: greedy(tokens, states, tf.constant(1)).numpy())
   many = best_of(lambda: greedy(tokens, states, tf.constant(new_tokens)).numpy(),
                  times=1 if batch > 1 else 2)
-  return {"decode": batch * (new_tokens - 1) / (many - one), "start_rss_mb": start_rss}
+  return {"decode": decode_rate(batch, new_tokens, many, one), "start_rss_mb": start_rss}
 
 
 def work_torch(batch, new_tokens, *, bfloat16=False):
@@ -218,7 +229,7 @@ def work_torch(batch, new_tokens, *, bfloat16=False):
   seconds_prefill = best_of(prefill)
   one = best_of(lambda: decode(tokens, state, 1))
   many = best_of(lambda: decode(tokens, state, new_tokens), times=1 if batch > 1 else 2)
-  return {"decode": batch * (new_tokens - 1) / (many - one),
+  return {"decode": decode_rate(batch, new_tokens, many, one),
           "prefill": batch * WINDOW / seconds_prefill, "start_rss_mb": start_rss}
 
 
@@ -286,20 +297,22 @@ def main(_):
       (a, b) for a, b in BFLOAT16_RATIOS + (("ours_fused", "ours"),)
       if a in impls and b in impls]
   rss = {(i, b): max(r["peak_rss_mb"] for r in results[i, b]) for i in impls for b in batches}
-  print("| batch | " + " | ".join(f"{i} decode tokens/s" for i in impls) +
-        " | ours prefill tokens/s | prefill / decode | " +
-        " | ".join(f"{a} / {b}" for a, b in pairs) + " | " +
-        " | ".join(f"{i} peak RSS (start-up)" for i in impls) + " |")
-  print("|---:|" + "---:|" * (len(impls) + 2 + len(pairs) + len(impls)))
+  # The prefill columns: ours', else the first of ours' variants measured.
+  lead = "ours" if "ours" in impls else next((i for i in impls if i.startswith("ours")), None)
+  header = ([f"{i} decode tokens/s" for i in impls] +
+            ([f"{lead} prefill tokens/s", "prefill / decode"] if lead else []) +
+            [f"{a} / {b}" for a, b in pairs] + [f"{i} peak RSS (start-up)" for i in impls])
+  print("| batch | " + " | ".join(header) + " |")
+  print("|---:|" + "---:|" * len(header))
   for batch in batches:
     decode = {i: med(i, batch, "decode") for i in impls}
-    prefill = med("ours", batch, "prefill") if "ours" in impls else float("nan")
-    print(f"| {batch} | " + " | ".join(f"{decode[i]:,.0f}" for i in impls) +
-          f" | {prefill:,.0f} | {prefill / decode.get('ours', float('nan')):.1f}x | " +
-          " | ".join(f"{decode[a] / decode[b]:.2f}x" for a, b in pairs) + " | " +
-          " | ".join(f"{rss[i, batch]:,.0f} MB "
-                     f"({min(r['start_rss_mb'] for r in results[i, batch]):,.0f})"
-                     for i in impls) + " |")
+    prefill = med(lead, batch, "prefill") if lead else None
+    cells = ([f"{decode[i]:,.0f}" for i in impls] +
+             ([f"{prefill:,.0f}", f"{prefill / decode[lead]:.1f}x"] if lead else []) +
+             [f"{decode[a] / decode[b]:.2f}x" for a, b in pairs] +
+             [f"{rss[i, batch]:,.0f} MB "
+              f"({min(r['start_rss_mb'] for r in results[i, batch]):,.0f})" for i in impls])
+    print(f"| {batch} | " + " | ".join(cells) + " |")
   machine.print_memory_table(impls, batches, rss, anon, (
       ("ours", "torch"), ("ours", "keras"), ("ours_fused", "torch"),
       ("ours_signature", "torch"), ("ours_bf16", "torch_bf16")))
