@@ -415,7 +415,7 @@ REGISTER_OP("TextgenLstmLayers")
 
 // Every layer's step of a stack, the first layer's input x (and addend
 // rows) as TextgenLstmStep's, each layer above taking the one below's h'.
-// Up to kGroupedRows rows, layer after layer as TextgenLstmStep; from
+// Below kGroupedRows rows, layer after layer as TextgenLstmStep; from
 // there on, blocks of kGroupRows rows, each through every layer, which
 // threads take as they come: a layer's input rows are then the h' its
 // thread just wrote (in its core's cache, not the other core's), and the
@@ -423,7 +423,7 @@ REGISTER_OP("TextgenLstmLayers")
 // (2-core AMD EPYC VM, 2026-12-03, the reference model's two layers + the
 // choice op, 15-21 x 64-128 steps, the same tokens): median step 3.70-3.91
 // against 4.28-4.45 ms at batch 256, 3.38 against 3.91 ms at batch 192, a
-// tie at 128 (2.18 against 2.22), and 1.08-1.14x slower at 64 (each block
+// tie at 128 (2.18 against 2.22), and 1.04-1.14x slower at 64 (each block
 // streams all the layers' weights, 3 MB, from L3).
 class LstmLayersOp : public OpKernel {
  public:
