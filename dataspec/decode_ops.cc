@@ -1,5 +1,5 @@
-// One LSTM layer's decode step as one TensorFlow CPU op (dataspec/decode_ops.py
-// builds and loads it; dataspec/serving.py runs it with --decode_ops=fused).
+// Decoding's compiled TensorFlow CPU ops (dataspec/decode_ops.py builds and
+// loads them; dataspec/serving.py runs them with --decode_ops=fused).
 //
 // TextgenLstmStep  x (rows, in), or (n, 0) with no input columns (a
 //                  constant, not a per-step tf.zeros), h, c (rows, units),
@@ -76,7 +76,6 @@ using ::tensorflow::OpKernel;
 using ::tensorflow::OpKernelConstruction;
 using ::tensorflow::OpKernelContext;
 using ::tensorflow::OpInputList;
-using ::tensorflow::OpOutputList;
 using ::tensorflow::Tensor;
 using ::tensorflow::TensorShape;
 using Packet4f = Eigen::internal::Packet4f;
@@ -103,20 +102,21 @@ REGISTER_OP("TextgenLstmStep")
       return absl::OkStatus();
     });
 
-// Runs fn(b) for blocks b = 0..num_blocks-1 on the calling thread and up to
-// `helpers` of the pool's threads, each taking the next block as it comes.
-// The caller waits only for blocks being run, never for a helper that has
-// not started (one that starts late finds no block left and touches only
-// the shared counters), and it waits spinning, briefly, then yielding: the
-// blocks of a decode step take microseconds, and TensorFlow's ParallelFor
-// put the caller to sleep on a condition variable and woke it again. In one
+// Runs fn(begin, end) for the blocks [0, block), [block, 2 block), ... of
+// [0, n) on the calling thread and the pool's other threads, each taking the
+// next block as it comes. The caller waits only for blocks being run, never
+// for a helper that has not started (one that starts late finds no block
+// left and touches only the shared counters), and it waits spinning,
+// briefly, then yielding: the blocks of a decode step take microseconds,
+// and TensorFlow's ParallelFor put the caller to sleep on a condition
+// variable and woke it again. In one
 // process alternating the two (2-core AMD EPYC VM, 2026-12-03, a decoding
 // loop of the reference model's two layers and the choice, 25 x 128 steps,
 // the same tokens): median step 0.175 against 0.395 ms at batch 1, 1.402
 // against 1.560 ms at batch 64, 5.080 against 5.254 ms at batch 256.
 template <typename Fn>
-void RunBlocks(::tsl::thread::ThreadPool* pool, int64_t num_blocks, int64_t helpers,
-               const Fn& fn) {
+void RunBlocks(::tsl::thread::ThreadPool* pool, int64_t n, int64_t block, const Fn& fn) {
+  const int64_t num_blocks = (n + block - 1) / block;
   struct Counters {
     std::atomic<int64_t> next{0};
     std::atomic<int64_t> done{0};
@@ -124,14 +124,15 @@ void RunBlocks(::tsl::thread::ThreadPool* pool, int64_t num_blocks, int64_t help
   auto counters = std::make_shared<Counters>();
   // Only a block taken (next < num_blocks) reaches fn, and the caller waits
   // for every such block to be done, so fn and what it refers to outlive it.
-  auto take = [counters, num_blocks, &fn]() {
+  auto take = [counters, n, block, num_blocks, &fn]() {
     for (int64_t b = counters->next.fetch_add(1, std::memory_order_relaxed); b < num_blocks;
          b = counters->next.fetch_add(1, std::memory_order_relaxed)) {
-      fn(b);
+      fn(b * block, std::min(n, (b + 1) * block));
       counters->done.fetch_add(1, std::memory_order_release);
     }
   };
-  for (int64_t i = 0; i < std::min(helpers, num_blocks - 1); ++i) pool->Schedule(take);
+  const int64_t helpers = std::min<int64_t>(pool->NumThreads() - 1, num_blocks - 1);
+  for (int64_t i = 0; i < helpers; ++i) pool->Schedule(take);
   take();
   for (int spins = 0; counters->done.load(std::memory_order_acquire) < num_blocks; ++spins) {
     if (spins < 4096) {
@@ -356,9 +357,49 @@ void RunLayer(::tsl::thread::ThreadPool* pool, const Layer& l, int64_t rows) {
   const int64_t block =
       std::max<int64_t>(1, (num_panels + blocks_per_thread * threads - 1) /
                                (blocks_per_thread * threads));
-  RunBlocks(pool, (num_panels + block - 1) / block, threads - 1, [&](int64_t b) {
-    Panels(l, 0, rows, b * block, std::min(num_panels, (b + 1) * block));
-  });
+  RunBlocks(pool, num_panels, block,
+            [&](int64_t begin, int64_t end) { Panels(l, 0, rows, begin, end); });
+}
+
+// Checks x, addend_rows (the first layer's) and each layer's h, c, packed
+// and addend, allocates each layer's h' and c' as outputs i and n + i (n
+// layers), and fills `layers`. With name_layers an error names its layer.
+absl::Status ReadLayers(OpKernelContext* ctx, const Tensor& x, const Tensor& addend_rows,
+                        const std::vector<const Tensor*>& h,
+                        const std::vector<const Tensor*>& c,
+                        const std::vector<const Tensor*>& packed,
+                        const std::vector<const Tensor*>& addends, bool name_layers,
+                        std::vector<Layer>* layers) {
+  const int n = h.size();
+  auto where = [name_layers](int i) {
+    return name_layers ? absl::StrCat("layer ", i, ": ") : std::string();
+  };
+  if (h[0]->dims() != 2) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        where(0), "h must be (rows, units), got ", h[0]->shape().DebugString()));
+  }
+  const int64_t rows = h[0]->dim_size(0);
+  if (x.dims() != 2 || (x.dim_size(0) != rows && x.dim_size(1) != 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "x must be (", rows, ", in) or (n, 0), got ", x.shape().DebugString()));
+  }
+  layers->assign(n, Layer());
+  for (int i = 0; i < n; ++i) {
+    const absl::Status read =
+        ReadLayer(*h[i], *c[i], *packed[i], *addends[i], i == 0 ? &addend_rows : nullptr, rows,
+                  i == 0 ? x.dim_size(1) : (*layers)[i - 1].units, &(*layers)[i]);
+    if (!read.ok()) return absl::InvalidArgumentError(absl::StrCat(where(i), read.message()));
+  }
+  for (int i = 0; i < n; ++i) {
+    Tensor *h_out = nullptr, *c_out = nullptr;
+    TF_RETURN_IF_ERROR(ctx->allocate_output(i, h[i]->shape(), &h_out));
+    TF_RETURN_IF_ERROR(ctx->allocate_output(n + i, h[i]->shape(), &c_out));
+    Layer& layer = (*layers)[i];
+    layer.x = i == 0 ? x.flat<float>().data() : (*layers)[i - 1].h_out;
+    layer.h_out = h_out->flat<float>().data();
+    layer.c_out = c_out->flat<float>().data();
+  }
+  return absl::OkStatus();
 }
 
 class LstmStepOp : public OpKernel {
@@ -366,26 +407,13 @@ class LstmStepOp : public OpKernel {
   explicit LstmStepOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
-    const Tensor& x = ctx->input(0);
-    const Tensor& h = ctx->input(1);
-    OP_REQUIRES(ctx, h.dims() == 2,
-                absl::InvalidArgumentError(absl::StrCat(
-                    "h must be (rows, units), got ", h.shape().DebugString())));
-    const int64_t rows = h.dim_size(0);
-    OP_REQUIRES(ctx, x.dims() == 2 && (x.dim_size(0) == rows || x.dim_size(1) == 0),
-                absl::InvalidArgumentError(absl::StrCat(
-                    "x must be (", rows, ", in) or (n, 0), got ", x.shape().DebugString())));
-    Layer layer;
-    OP_REQUIRES_OK(ctx, ReadLayer(h, ctx->input(2), ctx->input(3), ctx->input(4),
-                                  &ctx->input(5), rows, x.dim_size(1), &layer));
-    Tensor *h_out = nullptr, *c_out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, h.shape(), &h_out));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, h.shape(), &c_out));
-    if (rows == 0 || layer.units == 0) return;
-    layer.x = x.flat<float>().data();
-    layer.h_out = h_out->flat<float>().data();
-    layer.c_out = c_out->flat<float>().data();
-    RunLayer(ctx->device()->tensorflow_cpu_worker_threads()->workers, layer, rows);
+    std::vector<Layer> layers;
+    OP_REQUIRES_OK(ctx, ReadLayers(ctx, ctx->input(0), ctx->input(5), {&ctx->input(1)},
+                                   {&ctx->input(2)}, {&ctx->input(3)}, {&ctx->input(4)},
+                                   /*name_layers=*/false, &layers));
+    const int64_t rows = ctx->input(1).dim_size(0);
+    if (rows == 0 || layers[0].units == 0) return;
+    RunLayer(ctx->device()->tensorflow_cpu_worker_threads()->workers, layers[0], rows);
   }
 };
 
@@ -430,51 +458,26 @@ class LstmLayersOp : public OpKernel {
   explicit LstmLayersOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
-    const Tensor& x = ctx->input(0);
-    const Tensor& addend_rows = ctx->input(1);
-    OpInputList h, c, packed, addends;
-    OP_REQUIRES_OK(ctx, ctx->input_list("h", &h));
-    OP_REQUIRES_OK(ctx, ctx->input_list("c", &c));
-    OP_REQUIRES_OK(ctx, ctx->input_list("packed", &packed));
-    OP_REQUIRES_OK(ctx, ctx->input_list("addends", &addends));
-    OP_REQUIRES(ctx, h[0].dims() == 2,
-                absl::InvalidArgumentError(absl::StrCat(
-                    "layer 0: h must be (rows, units), got ", h[0].shape().DebugString())));
-    const int64_t rows = h[0].dim_size(0);
-    OP_REQUIRES(ctx, x.dims() == 2 && (x.dim_size(0) == rows || x.dim_size(1) == 0),
-                absl::InvalidArgumentError(absl::StrCat(
-                    "x must be (", rows, ", in) or (n, 0), got ", x.shape().DebugString())));
-    const int n = h.size();
-    std::vector<Layer> layers(n);
-    for (int i = 0; i < n; ++i) {
-      const absl::Status read =
-          ReadLayer(h[i], c[i], packed[i], addends[i], i == 0 ? &addend_rows : nullptr, rows,
-                    i == 0 ? x.dim_size(1) : layers[i - 1].units, &layers[i]);
-      OP_REQUIRES(ctx, read.ok(),
-                  absl::InvalidArgumentError(absl::StrCat("layer ", i, ": ", read.message())));
+    std::vector<const Tensor*> lists[4];  // h, c, packed, addends
+    const char* names[4] = {"h", "c", "packed", "addends"};
+    for (int k = 0; k < 4; ++k) {
+      OpInputList list;
+      OP_REQUIRES_OK(ctx, ctx->input_list(names[k], &list));
+      for (const Tensor& t : list) lists[k].push_back(&t);
     }
-    OpOutputList h_out, c_out;
-    OP_REQUIRES_OK(ctx, ctx->output_list("h_out", &h_out));
-    OP_REQUIRES_OK(ctx, ctx->output_list("c_out", &c_out));
-    for (int i = 0; i < n; ++i) {
-      Tensor *ho = nullptr, *co = nullptr;
-      OP_REQUIRES_OK(ctx, h_out.allocate(i, h[i].shape(), &ho));
-      OP_REQUIRES_OK(ctx, c_out.allocate(i, h[i].shape(), &co));
-      layers[i].x = i == 0 ? x.flat<float>().data() : layers[i - 1].h_out;
-      layers[i].h_out = ho->flat<float>().data();
-      layers[i].c_out = co->flat<float>().data();
-    }
+    std::vector<Layer> layers;
+    OP_REQUIRES_OK(ctx, ReadLayers(ctx, ctx->input(0), ctx->input(1), lists[0], lists[1],
+                                   lists[2], lists[3], /*name_layers=*/true, &layers));
+    const int64_t rows = lists[0][0]->dim_size(0);
     if (rows == 0) return;
     auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
     if (rows < kGroupedRows || pool->NumThreads() <= 1) {
       for (const Layer& layer : layers) RunLayer(pool, layer, rows);
       return;
     }
-    RunBlocks(pool, (rows + kGroupRows - 1) / kGroupRows, pool->NumThreads() - 1,
-              [&](int64_t b) {
-                const int64_t begin = b * kGroupRows, end = std::min(rows, begin + kGroupRows);
-                for (const Layer& layer : layers) Panels(layer, begin, end, 0, layer.units / 4);
-              });
+    RunBlocks(pool, rows, kGroupRows, [&](int64_t begin, int64_t end) {
+      for (const Layer& layer : layers) Panels(layer, begin, end, 0, layer.units / 4);
+    });
   }
 };
 
@@ -615,10 +618,7 @@ class PickOp : public OpKernel {
       tiles(0, num_tiles);
       return;
     }
-    const int64_t block = (num_tiles + threads - 1) / threads;
-    RunBlocks(pool, (num_tiles + block - 1) / block, threads - 1, [&](int64_t b) {
-      tiles(b * block, std::min(num_tiles, (b + 1) * block));
-    });
+    RunBlocks(pool, num_tiles, (num_tiles + threads - 1) / threads, tiles);
   }
 };
 

@@ -51,10 +51,10 @@ from dataspec import tokenizer as tokenizer_lib
 SAVED_MODEL_DIR = "saved_model"
 PRECISIONS = ("float32", "bfloat16")
 # How a step's LSTM layers run: TensorFlow's own ops (what the SavedModel
-# holds), or dataspec/decode_ops.cc's one op per layer (CPU, float32).
+# holds), or dataspec/decode_ops.cc's compiled ops (CPU, float32).
 DECODE_OPS = ("tensorflow", "fused")
-_NO_ROWS = np.zeros([0], np.int32)  # TextgenLstmStep's addend_rows: none picked
-# TextgenLstmStep's x where a layer has no input columns, TextgenPick's
+_NO_ROWS = np.zeros([0], np.int32)  # the layer ops' addend_rows: none picked
+# The layer ops' x where a layer has no input columns, TextgenPick's
 # noise when greedy: constants, where a tf.zeros([batch, 0]) was 4 ops a step.
 _NO_COLUMNS = np.zeros([0, 0], np.float32)
 SCORE_CHUNK = 256  # tokens per step of the score signature's loop
@@ -247,9 +247,10 @@ class LanguageModel(tf.Module):
       256; slower at batch 1), the state, gate math and softmax in float32.
       Other text than float32's, so textgen-generate records it; the
       SavedModel the trainer writes is float32.
-    decode_ops: "tensorflow", or "fused": each LSTM layer's step (decoding
-      and prefill) runs as one compiled CPU op, TextgenLstmStep
-      (dataspec/decode_ops.cc), with float32 weights packed once per call,
+    decode_ops: "tensorflow", or "fused": compiled CPU ops
+      (dataspec/decode_ops.cc) with float32 weights packed once per call:
+      in the prompt each LSTM layer's step as one op, TextgenLstmStep, in
+      decoding a step's layers as one op, TextgenLstmLayers,
       sampling's noise as one op (the same bits), and where the output
       layer is small (PICK_MAX_FLOATS) that layer with the greedy or
       sampled choice as one op, TextgenPick. The states then
