@@ -12,8 +12,8 @@ decode_ops="fused"), two libraries:
     (argmax of logits / temperature + noise) as one op; built for AVX2 +
     FMA (x86-64-v3);
   - `decode_noise.cc`, TextgenGumbelNoise: sampling's noise, bit for bit
-    serving.gumbel_noise's; built for AVX without FMA, as TensorFlow's own
-    kernels are.
+    serving.gumbel_noise's; built for AVX2 without FMA (TensorFlow's own
+    kernels are built without FMA too).
 Both run on x86-64 CPUs with AVX2 and FMA only; elsewhere, or without the
 built libraries, LanguageModel(decode_ops="fused") says why. The exported
 SavedModel never contains them.
@@ -32,7 +32,7 @@ _DIR = os.path.dirname(os.path.abspath(__file__))
 VARIANT = "x86-64-v3"  # the CPUs both libraries run on
 # (source, variant) of each library.
 LIBRARIES = ((os.path.join(_DIR, "decode_ops.cc"), VARIANT),
-             (os.path.join(_DIR, "decode_noise.cc"), "avx"))
+             (os.path.join(_DIR, "decode_noise.cc"), "x86-64-v3-nofma"))
 PANEL_UNITS = 4  # units per 16-column panel (4 gates each)
 
 

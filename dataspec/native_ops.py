@@ -26,14 +26,16 @@ from dataspec import cli
 from dataspec.cpuinfo import cpu_flags
 
 # The instruction sets each variant may use, as /proc/cpuinfo names them
-# (lzcnt is "abm"): x86-64-v3 (AVX2, FMA), and "avx": x86-64-v2 with AVX but
-# neither AVX2 nor FMA, how TensorFlow's own kernels are built (whose
-# results decode_noise.cc reproduces bit for bit).
+# (lzcnt is "abm"): x86-64-v3 (AVX2, FMA), and "x86-64-v3-nofma": the same
+# without FMA, whose products and sums round apart as in TensorFlow's own
+# kernels (built for AVX without FMA; decode_noise.cc reproduces their
+# results bit for bit).
 _X86_64_V2_FLAGS = frozenset({"cx16", "lahf_lm", "popcnt", "sse4_1", "sse4_2", "ssse3"})
 X86_64_V3_FLAGS = frozenset(
     {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"})
-_REQUIRED_FLAGS = {"x86-64-v3": X86_64_V3_FLAGS, "avx": _X86_64_V2_FLAGS | {"avx"}}
-_ARCH_FLAGS = {"avx": ["-march=x86-64-v2", "-mavx"]}
+_REQUIRED_FLAGS = {"x86-64-v3": X86_64_V3_FLAGS,
+                   "x86-64-v3-nofma": _X86_64_V2_FLAGS | X86_64_V3_FLAGS - {"fma"}}
+_ARCH_FLAGS = {"x86-64-v3-nofma": ["-march=x86-64-v3", "-mno-fma"]}
 
 
 def is_x86_64() -> bool:
@@ -53,14 +55,14 @@ def library_path(source: str, variant: str, directory: str) -> str:
 
 def cpu_runs(variant: str, cpuinfo: str = "/proc/cpuinfo") -> bool:
   """Whether this CPU has the instructions `variant` may use (for
-  x86-64-v3 and avx, False where /proc/cpuinfo cannot be read: the plain
+  x86-64-v3 and x86-64-v3-nofma, False where /proc/cpuinfo cannot be read: the plain
   x86-64 build is the safe one)."""
   return variant not in _REQUIRED_FLAGS or _REQUIRED_FLAGS[variant] <= cpu_flags(cpuinfo)
 
 
 def compile_command(source: str, variant: str, output: str) -> List[str]:
   """The compiler's command line for `variant` ($CXX, else g++): an
-  -march value, or "avx" (see _ARCH_FLAGS)."""
+  -march value, or a name in _ARCH_FLAGS."""
   march = _ARCH_FLAGS.get(variant, [f"-march={variant}"] if variant else [])
   return [os.environ.get("CXX", "g++"), "-shared", "-fPIC", "-O3", "-w", *march,
           *tf.sysconfig.get_compile_flags(), source, "-o", output,

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from dataspec import decode_ops
 from dataspec import export as export_lib
+from dataspec import native_ops
 from dataspec import serving
 from dataspec import tokenizer as tokenizer_lib
 
@@ -185,6 +186,23 @@ def test_gumbel_noise_op_has_the_tensorflow_ops_bits(vocab_size):
     noise = _ops().gumbel_noise(seeds, positions, vocab_size=vocab_size).numpy()
     assert noise.shape == expected.shape == (7, batch, vocab_size)
     np.testing.assert_array_equal(noise.view(np.uint32), expected.view(np.uint32))
+
+
+def test_noise_library_is_built_without_fma_and_needs_no_fma(tmp_path):
+  """decode_noise.cc's variant: AVX2 but no FMA instructions (an FMA build's
+  log rounds differently from TensorFlow's Log kernel), and it runs on any
+  CPU with AVX2, FMA or not."""
+  source, variant = decode_ops.LIBRARIES[1]
+  assert source.endswith("decode_noise.cc")
+  command = native_ops.compile_command(source, variant, "out.so")
+  assert "-march=x86-64-v3" in command and "-mno-fma" in command
+  v3 = ("flags\t\t: fpu sse2 ssse3 sse4_1 sse4_2 popcnt cx16 lahf_lm avx avx2 bmi1 bmi2 "
+        "f16c fma abm movbe xsave\n")
+  for flags, runs in ((v3, True), (v3.replace(" fma", ""), True),
+                      (v3.replace(" avx2", ""), False), (v3.replace(" sse4_2", ""), False)):
+    path = tmp_path / "cpuinfo"
+    path.write_text(flags)
+    assert native_ops.cpu_runs(variant, cpuinfo=str(path)) is runs, flags
 
 
 def test_pack_kernel_puts_four_units_gates_in_each_panel():
