@@ -43,7 +43,8 @@ ratios and each one's peak RSS (and RSS after start-up, before the model),
 then peak RSS and peak anonymous memory side by side: the second without
 shared libraries' pages, whose count depends on the host's page cache, from
 one more untimed run of each (sampling it slows a run; see
-machine.run_worker).
+machine.run_worker), every round's decode rates, and each ratio taken round
+by round (its median, range, and how many rounds reach 1.5x).
 """
 
 import functools
@@ -327,6 +328,16 @@ def main(_):
   print("\nevery round (decode tokens/s): " + "; ".join(
       f"{i}@{b}: " + ", ".join(f"{r['decode']:,.0f}" for r in results[i, b])
       for b in batches for i in impls))
+  # Each round's two runs are next to each other in time, so their ratio
+  # drifts less with this kind of VM's slow and fast minutes than the
+  # medians' ratio above.
+  print("\ndecode ratios round by round (median; lowest-highest; rounds at 1.5x or "
+        "more): " + "; ".join(
+            f"{a} / {b}@{batch}: {statistics.median(x):.2f}x; {min(x):.2f}-{max(x):.2f}x; "
+            f"{sum(v >= 1.5 for v in x)} of {len(x)}"
+            for batch in batches for a, b in pairs
+            for x in [[ra["decode"] / rb["decode"]
+                       for ra, rb in zip(results[a, batch], results[b, batch])]]))
 
 
 if __name__ == "__main__":
