@@ -140,10 +140,10 @@ def _stack(rng, rows, in_dim, units_list, table):
     ((16,), True), ((16, 8), False), ((8, 16, 12), True)])
 def test_layers_op_is_the_step_op_layer_after_layer(rows, units_list, table):
   """TextgenLstmLayers (decoding's step: every layer in one op) has the bits
-  of TextgenLstmStep called layer after layer: below 192 rows it runs them
-  so, from there on by blocks of 24 rows through every layer (200: a block
-  of 8 left over). Layers of different widths; the first one's input from
-  x or from a table's rows."""
+  of TextgenLstmStep called layer after layer: below 128 rows it runs them
+  so, from there on by blocks of 6 rows through every layer (130 and 256:
+  a block of 4 left over, 200: of 2). Layers of different widths; the first
+  one's input from x or from a table's rows."""
   rng = np.random.default_rng(rows + len(units_list))
   args = _stack(rng, rows, 5, units_list, table)
   ops = _ops()
