@@ -34,7 +34,7 @@ _X86_64_V2_FLAGS = frozenset({"cx16", "lahf_lm", "popcnt", "sse4_1", "sse4_2", "
 X86_64_V3_FLAGS = frozenset(
     {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"})
 _REQUIRED_FLAGS = {"x86-64-v3": X86_64_V3_FLAGS,
-                   "x86-64-v3-nofma": _X86_64_V2_FLAGS | X86_64_V3_FLAGS - {"fma"}}
+                   "x86-64-v3-nofma": _X86_64_V2_FLAGS | (X86_64_V3_FLAGS - {"fma"})}
 _ARCH_FLAGS = {"x86-64-v3-nofma": ["-march=x86-64-v3", "-mno-fma"]}
 
 
@@ -54,9 +54,9 @@ def library_path(source: str, variant: str, directory: str) -> str:
 
 
 def cpu_runs(variant: str, cpuinfo: str = "/proc/cpuinfo") -> bool:
-  """Whether this CPU has the instructions `variant` may use (for
-  x86-64-v3 and x86-64-v3-nofma, False where /proc/cpuinfo cannot be read: the plain
-  x86-64 build is the safe one)."""
+  """Whether this CPU has the instructions `variant` may use (for the
+  variants in _REQUIRED_FLAGS, False where /proc/cpuinfo cannot be read:
+  the plain x86-64 build is the safe one)."""
   return variant not in _REQUIRED_FLAGS or _REQUIRED_FLAGS[variant] <= cpu_flags(cpuinfo)
 
 
