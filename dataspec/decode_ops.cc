@@ -455,7 +455,10 @@ REGISTER_OP("TextgenLstmLayers")
 // 1.04-1.14x slower at 64 (each block streams all the layers' weights, 3
 // MB, from L3). Blocks of one tile (6 rows) against 24 (the same A/B, 40-60
 // x 128 steps): 0.92-1.02x the median step at batch 256 (six runs, 0.965x
-// on average), 0.92x at 192, 0.88-0.92x at 128: the threads end a step
+// on average, the 6-row build run second; the build run second gains
+// ~2%, so again on 2026-12-04 with each order twice: 0.947 and 0.955x
+// with it second, 0.992 and 0.994x with it first, ~0.97x), 0.92x at 192,
+// 0.88-0.92x at 128: the threads end a step
 // together (256 rows are 43 blocks, not 11, of which one thread ran 6),
 // and streaming the weights from L3 43 times a step (~35 GB/s) costs no
 // more than 11 times.
