@@ -458,10 +458,9 @@ REGISTER_OP("TextgenLstmLayers")
 // on average, the 6-row build run second; the build run second gains
 // ~2%, so again on 2026-12-04 with each order twice: 0.947 and 0.955x
 // with it second, 0.992 and 0.994x with it first, ~0.97x), 0.92x at 192,
-// 0.88-0.92x at 128: the threads end a step
-// together (256 rows are 43 blocks, not 11, of which one thread ran 6),
-// and streaming the weights from L3 43 times a step (~35 GB/s) costs no
-// more than 11 times.
+// 0.88-0.92x at 128: the threads end a step together (256 rows are 43
+// blocks, not 11, of which one thread ran 6), and streaming the weights
+// from L3 43 times a step (~35 GB/s) costs no more than 11 times.
 class LstmLayersOp : public OpKernel {
  public:
   explicit LstmLayersOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
