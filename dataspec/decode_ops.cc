@@ -1,22 +1,21 @@
 // Decoding's compiled TensorFlow CPU ops (dataspec/decode_ops.py builds and
 // loads them; dataspec/serving.py runs them with --decode_ops=fused).
 //
-// TextgenLstmStep  x (rows, in), or (n, 0) with no input columns (a
-//                  constant, not a per-step tf.zeros), h, c (rows, units),
-//                  packed (units / 4, in + units, 16): the layer's kernel and
-//                  recurrent kernel stacked and laid out by pack_kernel() in
-//                  decode_ops.py, addend (4 units): the bias, or (n, 4
-//                  units): rows (gates i, f, g, o as in Keras) of which
-//                  row r takes addend_rows[r] (rows,) int32, or row r
-//                  where addend_rows is empty (n = rows): the input
-//                  table's rows are read in place, not gathered first
-//                  -> h', c' (rows, units) after the step.
-// TextgenLstmLayers  x, addend_rows as TextgenLstmStep's; h, c, packed,
-//                  addends: N each, one per layer -> h', c' (N each): every
-//                  layer's step, each layer above taking the h' below it
-//                  (in = the lower layer's units) and its addend (a bias or
-//                  per-row, no addend_rows): a decode step's layers as one
-//                  op, the same bits as TextgenLstmStep's layer after layer.
+// TextgenLstmLayers  x (rows, in): the first layer's input, or (n, 0)
+//                  with no input columns (a constant, not a per-step
+//                  tf.zeros), addend_rows (rows,) int32 or empty; h, c
+//                  (rows, units), packed, addends: N each, one per layer ->
+//                  h', c' (N each): every layer's step, each layer above
+//                  taking the h' below it (its in = the lower layer's
+//                  units). A layer's packed (units / 4, in + units, 16) is
+//                  its kernel and recurrent kernel stacked and laid out by
+//                  pack_kernel() in decode_ops.py; its addend (4 units) is
+//                  the bias, or (n, 4 units): rows (gates i, f, g, o as in
+//                  Keras) of which row r takes row r (n = rows) or, for the
+//                  first layer only, addend_rows[r]: the input table's rows
+//                  are read in place, not gathered first. A position's
+//                  step through every layer as one op (prompt and
+//                  decoding).
 // TextgenPick      x (rows, depth): the top layer's output, kernel (depth,
 //                  vocab), bias (vocab): the output layer, noise (rows,
 //                  vocab): the position's Gumbel noise, or (n, 0) for
@@ -86,21 +85,6 @@ constexpr int kColumns = 16;  // columns per panel: 4 units x 4 gates
 // Rows per pass over the panels: 96 rows of a 512-deep input (192 KB) stay
 // in a core's L2 while its panels go by.
 constexpr int kChunkRows = 96;
-
-REGISTER_OP("TextgenLstmStep")
-    .Input("x: float")
-    .Input("h: float")
-    .Input("c: float")
-    .Input("packed: float")
-    .Input("addend: float")
-    .Input("addend_rows: int32")
-    .Output("h_out: float")
-    .Output("c_out: float")
-    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
-      c->set_output(0, c->input(1));
-      c->set_output(1, c->input(1));
-      return absl::OkStatus();
-    });
 
 // Runs fn(begin, end) for the blocks [0, block), [block, 2 block), ... of
 // [0, n) on the calling thread and the pool's other threads, each taking the
@@ -363,17 +347,15 @@ void RunLayer(::tsl::thread::ThreadPool* pool, const Layer& l, int64_t rows) {
 
 // Checks x, addend_rows (the first layer's) and each layer's h, c, packed
 // and addend, allocates each layer's h' and c' as outputs i and n + i (n
-// layers), and fills `layers`. With name_layers an error names its layer.
+// layers), and fills `layers`. An error names its layer.
 absl::Status ReadLayers(OpKernelContext* ctx, const Tensor& x, const Tensor& addend_rows,
                         const std::vector<const Tensor*>& h,
                         const std::vector<const Tensor*>& c,
                         const std::vector<const Tensor*>& packed,
-                        const std::vector<const Tensor*>& addends, bool name_layers,
+                        const std::vector<const Tensor*>& addends,
                         std::vector<Layer>* layers) {
   const int n = h.size();
-  auto where = [name_layers](int i) {
-    return name_layers ? absl::StrCat("layer ", i, ": ") : std::string();
-  };
+  auto where = [](int i) { return absl::StrCat("layer ", i, ": "); };
   if (h[0]->dims() != 2) {
     return absl::InvalidArgumentError(absl::StrCat(
         where(0), "h must be (rows, units), got ", h[0]->shape().DebugString()));
@@ -402,22 +384,6 @@ absl::Status ReadLayers(OpKernelContext* ctx, const Tensor& x, const Tensor& add
   return absl::OkStatus();
 }
 
-class LstmStepOp : public OpKernel {
- public:
-  explicit LstmStepOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
-
-  void Compute(OpKernelContext* ctx) override {
-    std::vector<Layer> layers;
-    OP_REQUIRES_OK(ctx, ReadLayers(ctx, ctx->input(0), ctx->input(5), {&ctx->input(1)},
-                                   {&ctx->input(2)}, {&ctx->input(3)}, {&ctx->input(4)},
-                                   /*name_layers=*/false, &layers));
-    const int64_t rows = ctx->input(1).dim_size(0);
-    if (rows == 0 || layers[0].units == 0) return;
-    RunLayer(ctx->device()->tensorflow_cpu_worker_threads()->workers, layers[0], rows);
-  }
-};
-
-REGISTER_KERNEL_BUILDER(Name("TextgenLstmStep").Device(::tensorflow::DEVICE_CPU), LstmStepOp);
 
 // From this many rows on, TextgenLstmLayers splits the step by rows, not
 // by each layer's panels (see LstmLayersOp).
@@ -441,10 +407,9 @@ REGISTER_OP("TextgenLstmLayers")
       return c->set_output("c_out", h);
     });
 
-// Every layer's step of a stack, the first layer's input x (and addend
-// rows) as TextgenLstmStep's, each layer above taking the one below's h'.
-// Below kGroupedRows rows, layer after layer as TextgenLstmStep; from
-// there on, blocks of kGroupRows rows, each through every layer, which
+// Every layer's step of a stack, each layer above taking the one below's
+// h'. Below kGroupedRows rows, layer after layer, each split by its panels
+// (RunLayer); from there on, blocks of kGroupRows rows, each through every layer, which
 // threads take as they come: a layer's input rows are then the h' its
 // thread just wrote (in its core's cache, not the other core's), and the
 // step is one split, not one per layer. In one process alternating the two
@@ -475,7 +440,7 @@ class LstmLayersOp : public OpKernel {
     }
     std::vector<Layer> layers;
     OP_REQUIRES_OK(ctx, ReadLayers(ctx, ctx->input(0), ctx->input(1), lists[0], lists[1],
-                                   lists[2], lists[3], /*name_layers=*/true, &layers));
+                                   lists[2], lists[3], &layers));
     const int64_t rows = lists[0][0]->dim_size(0);
     if (rows == 0) return;
     auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;

@@ -5,12 +5,11 @@
 
 For textgen-generate --decode_ops=fused (dataspec.serving.LanguageModel,
 decode_ops="fused"), two libraries:
-  - `decode_ops.cc`, TextgenLstmStep: one LSTM layer's step (its products,
-    on weights packed once, and its gate math) as one op (prefill's),
-    TextgenLstmLayers: every layer's step as one op (decoding's), and TextgenPick:
-    the output layer and the greedy or sampled choice of the next token
-    (argmax of logits / temperature + noise) as one op; built for AVX2 +
-    FMA (x86-64-v3);
+  - `decode_ops.cc`, TextgenLstmLayers: a position's step through every
+    LSTM layer (the products, on weights packed once, and the gate math) as
+    one op (prompt and decoding), and TextgenPick: the output layer and
+    the greedy or sampled choice of the next token (argmax of logits /
+    temperature + noise) as one op; built for AVX2 + FMA (x86-64-v3);
   - `decode_noise.cc`, TextgenGumbelNoise: sampling's noise, bit for bit
     serving.gumbel_noise's; built for AVX2 without FMA (TensorFlow's own
     kernels are built without FMA too).
@@ -37,8 +36,7 @@ PANEL_UNITS = 4  # units per 16-column panel (4 gates each)
 
 
 class Ops(NamedTuple):
-  lstm_step: object  # TextgenLstmStep's Python function
-  lstm_layers: object  # TextgenLstmLayers'
+  lstm_layers: object  # TextgenLstmLayers' Python function
   pick: object  # TextgenPick's
   gumbel_noise: object  # TextgenGumbelNoise's
 
@@ -77,8 +75,7 @@ def load() -> Optional[Ops]:
       return None
     modules.append(module)
     logging.info("Fused decode ops: %s", path)
-  return Ops(lstm_step=modules[0].textgen_lstm_step, lstm_layers=modules[0].textgen_lstm_layers,
-             pick=modules[0].textgen_pick,
+  return Ops(lstm_layers=modules[0].textgen_lstm_layers, pick=modules[0].textgen_pick,
              gumbel_noise=modules[1].textgen_gumbel_noise)
 
 

@@ -210,12 +210,10 @@ class _Weights(NamedTuple):
   output_kernel: tf.Tensor
   output_bias: tf.Tensor
   # With decode_ops="fused", per layer: the step's kernels packed for
-  # TextgenLstmStep (decode_ops.pack_kernel: [kernel; recurrent kernel], or
-  # the recurrent kernel alone where an input table replaces the product),
-  # and the recurrent kernel alone (prefill, whose input halves are
-  # computed for the whole prompt first). None otherwise.
+  # TextgenLstmLayers (decode_ops.pack_kernel: [kernel; recurrent kernel],
+  # or the recurrent kernel alone where an input table replaces the
+  # product). None otherwise.
   packed: Optional[Tuple[tf.Tensor, ...]] = None
-  packed_recurrent: Optional[Tuple[tf.Tensor, ...]] = None
 
 
 def _product(op, x, kernel):
@@ -249,9 +247,9 @@ class LanguageModel(tf.Module):
       SavedModel the trainer writes is float32.
     decode_ops: "tensorflow", or "fused": compiled CPU ops
       (dataspec/decode_ops.cc) with float32 weights packed once per call:
-      in the prompt each LSTM layer's step as one op, TextgenLstmStep, in
-      decoding a step's layers as one op, TextgenLstmLayers,
-      sampling's noise as one op (the same bits), and where the output
+      a position's step through every LSTM layer as one op,
+      TextgenLstmLayers (the prompt's positions too: its states have the
+      bits of decoding it token by token), sampling's noise as one op (the same bits), and where the output
       layer is small (PICK_MAX_FLOATS) that layer with the greedy or
       sampled choice as one op, TextgenPick. The states then
       differ from the SavedModel's by float rounding, so a sample can
@@ -276,7 +274,7 @@ class LanguageModel(tf.Module):
     export_lib.check_weights(spec, weights)
     self._spec = spec
     self.decode_ops = decode_ops
-    self._step_op = self._layers_op = self._noise_op = self._pick_op = None
+    self._layers_op = self._noise_op = self._pick_op = None
     if decode_ops == "fused":
       if precision != "float32":
         raise ValueError(f"decode_ops='fused' runs float32 products, not {precision}")
@@ -288,8 +286,7 @@ class LanguageModel(tf.Module):
         raise ValueError("decode_ops='fused': the op does not run here (an x86-64 CPU "
                          "with AVX2 and FMA, built by `python -m dataspec.decode_ops`; "
                          "the log says which is missing)")
-      self._step_op, self._layers_op, self._noise_op = (ops.lstm_step, ops.lstm_layers,
-                                                        ops.gumbel_noise)
+      self._layers_op, self._noise_op = ops.lstm_layers, ops.gumbel_noise
       if not spec.projection_dim and spec.units * spec.vocab_size <= PICK_MAX_FLOATS:
         self._pick_op = ops.pick
     self.tokenizer = graph_tokenizer.GraphTokenizer(tokenizer_spec, vocab)
@@ -342,17 +339,15 @@ class LanguageModel(tf.Module):
   def _read_weights(self):
     """The weights as tensors (see _Weights); call once per traced function."""
     read = tf.convert_to_tensor
-    packed = packed_recurrent = None
-    if self._step_op is not None:
+    packed = None
+    if self._layers_op is not None:
       table = self._input_table is not None
-      packed_recurrent = tuple(decode_ops_lib.pack_kernel(None, read(k))
-                               for k in self._recurrent_kernels)
       packed = tuple(
-          packed_recurrent[0] if layer == 0 and table else
-          decode_ops_lib.pack_kernel(read(self._kernels[layer]), read(recurrent))
+          decode_ops_lib.pack_kernel(None if layer == 0 and table else read(self._kernels[layer]),
+                                     read(recurrent))
           for layer, recurrent in enumerate(self._recurrent_kernels))
     return _Weights(
-        packed=packed, packed_recurrent=packed_recurrent,
+        packed=packed,
         embedding=read(self.embedding),
         input_table=None if self._input_table is None else read(self._input_table),
         kernels=tuple(read(k) for k in self._kernels),
@@ -378,15 +373,10 @@ class LanguageModel(tf.Module):
     """One position for the batch: tokens (batch,) -> the next choice's
     input (_head: the logits (batch, vocab) or the top layer's output),
     states h, c (tuples of (batch, units), one per layer); w: _Weights."""
+    if w.packed is not None:  # decode_ops="fused"
+      hs, cs = self._fused_layers(tokens, h, c, w)
+      return self._head(hs[-1], w), hs, cs
     x = tf.gather(w.embedding, tokens) if w.input_table is None else None
-    if w.packed is not None:  # decode_ops="fused": every layer in one op
-      if w.input_table is not None:  # the op reads the table's rows
-        x, addend, rows = _NO_COLUMNS, w.input_table, tokens
-      else:
-        addend, rows = w.biases[0], _NO_ROWS
-      hs, cs = self._layers_op(x=x, addend_rows=rows, h=list(h), c=list(c),
-                               packed=list(w.packed), addends=[addend, *w.biases[1:]])
-      return self._head(hs[-1], w), tuple(hs), tuple(cs)
     hs, cs = [], []
     for layer in range(self._spec.num_layers):
       recurrent = _product(tf.matmul, h[layer], w.recurrent_kernels[layer])
@@ -399,6 +389,18 @@ class LanguageModel(tf.Module):
       cs.append(c_new)
     return self._head(x, w), tuple(hs), tuple(cs)
 
+  def _fused_layers(self, tokens, h, c, w):
+    """decode_ops="fused": every layer's step for tokens (batch,) as one
+    op, TextgenLstmLayers, from states h, c (tuples of (batch, units), one
+    per layer) -> h', c' (tuples); w: _Weights."""
+    if w.input_table is not None:  # the op reads the table's rows
+      x, addend, rows = _NO_COLUMNS, w.input_table, tokens
+    else:
+      x, addend, rows = tf.gather(w.embedding, tokens), w.biases[0], _NO_ROWS
+    hs, cs = self._layers_op(x=x, addend_rows=rows, h=list(h), c=list(c),
+                             packed=list(w.packed), addends=[addend, *w.biases[1:]])
+    return tuple(hs), tuple(cs)
+
   def _sequence(self, ids, lengths, h, c, w, *, top_outputs=True):
     """Runs rows of ids (batch, time), each valid up to lengths[i], from
     states h, c (layers, batch, units); w: _Weights.
@@ -409,6 +411,8 @@ class LanguageModel(tf.Module):
       the top layer keeps none (its h is each row's last output) and the
       first item is None.
     """
+    if w.packed is not None:
+      return self._fused_sequence(ids, lengths, h, c, w, top_outputs=top_outputs)
     # Time-major from the start: transposing the ids costs nothing, where
     # transposing each layer's (batch, time, 4 units) input products and
     # outputs took 6% of a batch-256 prefill's op time.
@@ -428,16 +432,10 @@ class LanguageModel(tf.Module):
         xw = tf.reshape(_product(tf.matmul, tf.reshape(x, [-1, in_dim]), w.kernels[layer])
                         + w.biases[layer], [time, batch, 4 * units])
       recurrent = w.recurrent_kernels[layer]
-      packed = None if w.packed_recurrent is None else w.packed_recurrent[layer]
       keep = layer + 1 < self._spec.num_layers or top_outputs
 
-      def step(t, hl, cl, outputs, *, masked, xw=xw, recurrent=recurrent, keep=keep,
-               packed=packed):
-        if packed is not None:  # decode_ops="fused"
-          h_new, c_new = self._step_op(x=_NO_COLUMNS, h=hl, c=cl, packed=packed, addend=xw[t],
-                                       addend_rows=_NO_ROWS)
-        else:
-          h_new, c_new = _cell(xw[t] + _product(tf.matmul, hl, recurrent), cl)
+      def step(t, hl, cl, outputs, *, masked, xw=xw, recurrent=recurrent, keep=keep):
+        h_new, c_new = _cell(xw[t] + _product(tf.matmul, hl, recurrent), cl)
         outputs = outputs.write(t, h_new) if keep else outputs
         if masked:  # rows past their length keep their state
           active = (t < lengths)[:, None]
@@ -454,6 +452,42 @@ class LanguageModel(tf.Module):
       hs.append(hl)
       cs.append(cl)
     return x, tf.stack(hs), tf.stack(cs)
+
+  def _fused_sequence(self, ids, lengths, h, c, w, *, top_outputs):
+    """_sequence with decode_ops="fused": position after position, each
+    position's step through every layer as one op, as in decoding
+    (_fused_layers), so a prompt leaves the states (bits included) of
+    decoding it token by token. Layer after layer with each upper layer's
+    input half as one product over the whole prompt, as TensorFlow's path
+    runs, it was 1.26-1.36x slower at batch 256 (1,024 prompt tokens a
+    call, A/B in one process, each order twice, 2-core AMD EPYC VM,
+    2026-12-04): the tile loop runs the input halves faster than
+    TensorFlow's matmul, and the threads meet once a position, not once a
+    layer's position."""
+    tokens = tf.transpose(ids)  # (time, batch)
+    time = tf.shape(ids)[1]
+    all_active = tf.minimum(tf.reduce_min(lengths), time)  # no masks up to there
+    layers = self._spec.num_layers
+
+    def step(t, hl, cl, outputs, *, masked):
+      hs, cs = self._fused_layers(tokens[t], hl, cl, w)
+      outputs = outputs.write(t, hs[-1]) if top_outputs else outputs
+      if masked:  # rows past their length keep their state
+        active = (t < lengths)[:, None]
+        hs = tuple(tf.where(active, new, old) for new, old in zip(hs, hl))
+        cs = tuple(tf.where(active, new, old) for new, old in zip(cs, cl))
+      return t + 1, hs, cs, outputs
+
+    state = (tf.constant(0), tuple(tf.unstack(h, num=layers)),
+             tuple(tf.unstack(c, num=layers)),
+             tf.TensorArray(tf.float32, size=time if top_outputs else 0))
+    state = tf.while_loop(lambda t, *_: t < all_active,
+                          functools.partial(step, masked=False), state)
+    _, h, c, outputs = tf.while_loop(lambda t, *_: t < time,
+                                     functools.partial(step, masked=True), state)
+    x = (tf.ensure_shape(outputs.stack(), [None, None, self._spec.units]) if top_outputs
+         else None)
+    return x, tf.stack(h), tf.stack(c)
 
   def _zero_state(self, batch):
     z = tf.zeros([self._spec.num_layers, batch, self._spec.units])

@@ -29,6 +29,15 @@ def _ops():
   return ops
 
 
+def _step(**kwargs):
+  """One layer's step: TextgenLstmLayers with a stack of one layer, the
+  arguments named as a layer's (h, c, packed, addend)."""
+  (h_out,), (c_out,) = _ops().lstm_layers(
+      x=kwargs["x"], addend_rows=kwargs["addend_rows"], h=[kwargs["h"]], c=[kwargs["c"]],
+      packed=[kwargs["packed"]], addends=[kwargs["addend"]])
+  return h_out, c_out
+
+
 def _reference(x, h, c, kernel, recurrent_kernel, addend):
   """serving's TensorFlow ops for the same step."""
   z = tf.matmul(h, recurrent_kernel) + addend
@@ -38,13 +47,14 @@ def _reference(x, h, c, kernel, recurrent_kernel, addend):
 
 
 @pytest.mark.parametrize("rows,in_dim,units", [
-    (1, 0, 4), (5, 3, 8), (6, 16, 12), (7, 0, 16), (13, 64, 32), (256, 64, 64)])
+    (1, 0, 4), (5, 3, 8), (6, 16, 12), (7, 0, 16), (13, 64, 32), (100, 64, 64),
+    (256, 64, 64)])
 @pytest.mark.parametrize("addend_kind", ["bias", "per_row", "picked"])
 def test_step_matches_tensorflow_ops(rows, in_dim, units, addend_kind):
-  """Every tile height (6 rows and the 1-5 left over), with and without an
-  input product; a bias, a per-row addend, or rows picked from a table
-  (addend_rows, as the input table is read); (256, 64, 64) splits the
-  panels over the intra-op threads."""
+  """A layer's step. Every tile height (6 rows and the 1-5 left over), with
+  and without an input product; a bias, a per-row addend, or rows picked
+  from a table (addend_rows, as the input table is read); (100, 64, 64)
+  splits the panels over the intra-op threads, (256, 64, 64) the rows."""
   rng = np.random.default_rng(rows * 100 + units)
   f = lambda *shape: tf.constant(rng.normal(0, 0.5, shape), tf.float32)
   x, h, c = f(rows, in_dim), f(rows, units), f(rows, units)
@@ -60,14 +70,13 @@ def test_step_matches_tensorflow_ops(rows, in_dim, units, addend_kind):
     addend_rows = tf.constant(rng.integers(0, 9, rows), tf.int32)
     reference_addend = tf.gather(addend, addend_rows)
   packed = decode_ops.pack_kernel(kernel, recurrent)
-  h_out, c_out = _ops().lstm_step(x=x, h=h, c=c, packed=packed, addend=addend,
-                                  addend_rows=addend_rows)
+  h_out, c_out = _step(x=x, h=h, c=c, packed=packed, addend=addend, addend_rows=addend_rows)
   h_ref, c_ref = _reference(x, h, c, kernel, recurrent, reference_addend)
   np.testing.assert_allclose(h_out.numpy(), h_ref.numpy(), rtol=0, atol=2e-6)
   np.testing.assert_allclose(c_out.numpy(), c_ref.numpy(), rtol=1e-6, atol=2e-6)
   if not in_dim:  # no input columns: x may be (0, 0), a constant (serving)
-    same = _ops().lstm_step(x=tf.zeros([0, 0]), h=h, c=c, packed=packed, addend=addend,
-                            addend_rows=addend_rows)
+    same = _step(x=tf.zeros([0, 0]), h=h, c=c, packed=packed, addend=addend,
+                 addend_rows=addend_rows)
     for a, b in zip(same, (h_out, c_out)):
       np.testing.assert_array_equal(a.numpy(), b.numpy())
 
@@ -81,7 +90,7 @@ def test_a_rows_state_does_not_depend_on_the_rows_beside_it():
   f = lambda *shape: tf.constant(rng.normal(0, 0.5, shape), tf.float32)
   x, h, c, addend = f(256, in_dim), f(256, units), f(256, units), f(256, 4 * units)
   packed = decode_ops.pack_kernel(f(in_dim, 4 * units), f(units, 4 * units))
-  step = lambda n: [t.numpy() for t in _ops().lstm_step(
+  step = lambda n: [t.numpy() for t in _step(
       x=x[:n], h=h[:n], c=c[:n], packed=packed, addend=addend[:n], addend_rows=NO_ROWS)]
   whole = step(256)
   for n in (1, 7):
@@ -104,8 +113,7 @@ def test_ops_called_at_once_from_many_threads_give_the_same_bits():
   ops = _ops()
 
   def call(_):
-    h_out, c_out = ops.lstm_step(x=x, h=h, c=c, packed=packed, addend=bias,
-                                 addend_rows=NO_ROWS)
+    h_out, c_out = _step(x=x, h=h, c=c, packed=packed, addend=bias, addend_rows=NO_ROWS)
     tokens = ops.pick(x=h_out, kernel=kernel, bias=out_bias, noise=noise, temperature=0.9)
     hs, cs = ops.lstm_layers(**stack)
     return h_out.numpy(), c_out.numpy(), tokens.numpy(), *[t.numpy() for t in hs + cs]
@@ -120,7 +128,7 @@ def test_ops_called_at_once_from_many_threads_give_the_same_bits():
 def _stack(rng, rows, in_dim, units_list, table):
   """Inputs of TextgenLstmLayers for layers of units_list: the first layer's
   input x (rows, in_dim) and bias, or (table) no input columns and rows of a
-  9-row table; the same as TextgenLstmStep inputs, layer by layer."""
+  9-row table."""
   f = lambda *shape: tf.constant(rng.normal(0, 0.5, shape), tf.float32)
   h = [f(rows, units) for units in units_list]
   c = [f(rows, units) for units in units_list]
@@ -138,24 +146,34 @@ def _stack(rng, rows, in_dim, units_list, table):
 @pytest.mark.parametrize("rows", [1, 7, 130, 200, 256])
 @pytest.mark.parametrize("units_list,table", [
     ((16,), True), ((16, 8), False), ((8, 16, 12), True)])
-def test_layers_op_is_the_step_op_layer_after_layer(rows, units_list, table):
-  """TextgenLstmLayers (decoding's step: every layer in one op) has the bits
-  of TextgenLstmStep called layer after layer: below 128 rows it runs them
-  so, from there on by blocks of 6 rows through every layer (130 and 256:
-  a block of 4 left over, 200: of 2). Layers of different widths; the first
-  one's input from x or from a table's rows."""
+def test_layers_op_has_the_bits_of_one_layer_at_a_time_and_of_fewer_rows(
+    rows, units_list, table):
+  """TextgenLstmLayers (every layer in one op) has the bits of the op on one
+  layer at a time, and of the op on the rows 100 at a time: below 128 rows
+  it runs layer after layer, each split by panels; from there on by blocks
+  of 6 rows through every layer (130 and 256: a block of 4 left over, 200:
+  of 2). Layers of different widths; the first one's input from x or from
+  a table's rows."""
   rng = np.random.default_rng(rows + len(units_list))
   args = _stack(rng, rows, 5, units_list, table)
   ops = _ops()
   h_out, c_out = ops.lstm_layers(**args)
   x, rows_arg = args["x"], args["addend_rows"]
   for layer in range(len(units_list)):
-    h, c = ops.lstm_step(x=x, h=args["h"][layer], c=args["c"][layer],
-                         packed=args["packed"][layer], addend=args["addends"][layer],
-                         addend_rows=rows_arg)
+    h, c = _step(x=x, h=args["h"][layer], c=args["c"][layer], packed=args["packed"][layer],
+                 addend=args["addends"][layer], addend_rows=rows_arg)
     np.testing.assert_array_equal(h_out[layer].numpy(), h.numpy())
     np.testing.assert_array_equal(c_out[layer].numpy(), c.numpy())
     x, rows_arg = h, NO_ROWS
+  for start in range(0, rows, 100):
+    part = lambda t, start=start: t[start:start + 100]
+    some = dict(args, h=[part(t) for t in args["h"]], c=[part(t) for t in args["c"]],
+                x=args["x"] if table else part(args["x"]),
+                addend_rows=part(args["addend_rows"]) if table else NO_ROWS)
+    h_some, c_some = ops.lstm_layers(**some)
+    for layer in range(len(units_list)):
+      np.testing.assert_array_equal(h_some[layer].numpy(), part(h_out[layer]).numpy())
+      np.testing.assert_array_equal(c_some[layer].numpy(), part(c_out[layer]).numpy())
 
 
 def test_layers_op_rejects_a_bad_layer_and_names_it():
@@ -222,10 +240,9 @@ def test_pack_kernel_puts_four_units_gates_in_each_panel():
 
 
 def test_step_rejects_mismatched_shapes():
-  ops = _ops()
   x, h = tf.zeros([2, 3]), tf.zeros([2, 8])
   packed = decode_ops.pack_kernel(tf.zeros([3, 32]), tf.zeros([8, 32]))
-  step = lambda **kw: ops.lstm_step(**dict(
+  step = lambda **kw: _step(**dict(
       dict(x=x, h=h, c=h, packed=packed, addend=tf.zeros([32]), addend_rows=NO_ROWS), **kw))
   with pytest.raises(tf.errors.InvalidArgumentError, match="packed must be"):
     step(packed=packed[:, :-1])
@@ -342,6 +359,36 @@ def test_fused_decoding_writes_the_tensorflow_paths_text(input_table, pick, monk
     results.append((head, h, c))
   for fused, reference in zip(results[1], results[0]):
     np.testing.assert_allclose(fused.numpy(), reference.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("input_table", [True, False])
+def test_fused_prompt_leaves_the_states_of_decoding_it_token_by_token(input_table,
+                                                                       monkeypatch):
+  """The prompt runs position after position through the layers op, as
+  decoding does: its states are, bit for bit, those of stepping each row's
+  tokens one at a time at batch 1 (rows of 3-40 tokens, across prefill's
+  chunks of 32). Scoring (every position's top output) agrees with
+  TensorFlow's path."""
+  if not input_table:
+    monkeypatch.setattr(serving, "INPUT_TABLE_MAX_FLOATS", 0)
+  lm = _model("fused")
+  w = lm._read_weights()  # pylint: disable=protected-access
+  lengths = [40, 3, 33, 32]
+  ids = tf.constant(np.random.default_rng(5).integers(3, 12, (4, 40)), tf.int32)
+  head, h, c = lm._prefill(ids, tf.constant(lengths), w)  # pylint: disable=protected-access
+  for row, n in enumerate(lengths):
+    zero = tf.zeros([1, 32])
+    top, hs, cs = None, (zero, zero), (zero, zero)
+    for t in range(n):
+      top, hs, cs = lm._step(ids[row:row + 1, t], hs, cs, w)  # pylint: disable=protected-access
+    np.testing.assert_array_equal(head[row].numpy(), top[0].numpy())
+    np.testing.assert_array_equal(h[:, row].numpy(), tf.concat(hs, 0).numpy())
+    np.testing.assert_array_equal(c[:, row].numpy(), tf.concat(cs, 0).numpy())
+  texts = tf.constant(["abc hag", "", "bad cafe " * 9])
+  models = [_model("tensorflow"), lm]
+  scores = [model.score(texts) for model in models]
+  for key in scores[0]:
+    np.testing.assert_allclose(scores[1][key].numpy(), scores[0][key].numpy(), rtol=1e-5)
 
 
 def test_pick_runs_only_where_the_output_layer_is_small():
