@@ -249,11 +249,11 @@ class LanguageModel(tf.Module):
       (dataspec/decode_ops.cc) with float32 weights packed once per call:
       a position's step through every LSTM layer as one op,
       TextgenLstmLayers (the prompt's positions too: its states have the
-      bits of decoding it token by token), sampling's noise as one op (the same bits), and where the output
-      layer is small (PICK_MAX_FLOATS) that layer with the greedy or
-      sampled choice as one op, TextgenPick. The states then
-      differ from the SavedModel's by float rounding, so a sample can
-      differ where two tokens' noisy scores are that close;
+      bits of decoding it token by token), sampling's noise as one op (the
+      same bits), and where the output layer is small (PICK_MAX_FLOATS)
+      that layer with the greedy or sampled choice as one op, TextgenPick.
+      The states then differ from the SavedModel's by float rounding, so a
+      sample can differ where two tokens' noisy scores are that close;
       textgen-generate records it. Such a model cannot be saved.
 
   Raises:
@@ -457,13 +457,14 @@ class LanguageModel(tf.Module):
     """_sequence with decode_ops="fused": position after position, each
     position's step through every layer as one op, as in decoding
     (_fused_layers), so a prompt leaves the states (bits included) of
-    decoding it token by token. Layer after layer with each upper layer's
-    input half as one product over the whole prompt, as TensorFlow's path
-    runs, it was 1.26-1.36x slower at batch 256 (1,024 prompt tokens a
-    call, A/B in one process, each order twice, 2-core AMD EPYC VM,
-    2026-12-04): the tile loop runs the input halves faster than
-    TensorFlow's matmul, and the threads meet once a position, not once a
-    layer's position."""
+    decoding it token by token. Layer after layer instead, with each upper
+    layer's input half one TensorFlow matmul over the whole chunk (as the
+    TensorFlow path runs), the prompt was 1.26-1.36x slower at batch 256
+    (256 prompts of 128 tokens, in one process alternating, four runs,
+    either one first; 1.15x at batch 1; 2-core AMD EPYC VM, 2026-12-04):
+    the op's tile runs the input halves faster than that matmul, the
+    threads meet once a position instead of once a layer's position, and
+    no chunk's input products are held."""
     tokens = tf.transpose(ids)  # (time, batch)
     time = tf.shape(ids)[1]
     all_active = tf.minimum(tf.reduce_min(lengths), time)  # no masks up to there

@@ -39,7 +39,7 @@ class GenerateConfig:
       batches on CPUs with AMX or AVX512_BF16, other text than float32's
       (recorded in every sample's settings).
     decode_ops: "tensorflow" (the SavedModel's own ops and text), or "fused":
-      each LSTM layer's step as one compiled CPU op, and for char and byte
+      a step through every LSTM layer as one compiled CPU op, and for char and byte
       models the output layer with the choice of the token as another
       (dataspec/decode_ops.cc; AVX2 x86-64, float32), faster; the text equals the
       SavedModel's up to float rounding (a sample can differ where two

@@ -47,7 +47,7 @@ _PRECISION = flags.DEFINE_enum(
 
 _DECODE_OPS = flags.DEFINE_enum(
     "decode_ops", "tensorflow", config_lib.DECODE_OPS,
-    "fused: each LSTM layer's step as one compiled CPU op, and the output layer with "
+    "fused: a step through every LSTM layer as one compiled CPU op, and the output layer with "
     "the choice of the token as another for char and byte models (AVX2 x86-64, float32; "
     "`python -m dataspec.decode_ops` builds them), faster; the text "
     "equals the SavedModel's up to float rounding.", flag_values=FLAGS)
