@@ -29,12 +29,10 @@ def _ops():
   return ops
 
 
-def _step(**kwargs):
-  """One layer's step: TextgenLstmLayers with a stack of one layer, the
-  arguments named as a layer's (h, c, packed, addend)."""
-  (h_out,), (c_out,) = _ops().lstm_layers(
-      x=kwargs["x"], addend_rows=kwargs["addend_rows"], h=[kwargs["h"]], c=[kwargs["c"]],
-      packed=[kwargs["packed"]], addends=[kwargs["addend"]])
+def _step(*, x, h, c, packed, addend, addend_rows):
+  """One layer's step: TextgenLstmLayers with a stack of one layer."""
+  (h_out,), (c_out,) = _ops().lstm_layers(x=x, addend_rows=addend_rows, h=[h], c=[c],
+                                          packed=[packed], addends=[addend])
   return h_out, c_out
 
 
