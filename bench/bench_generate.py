@@ -115,6 +115,9 @@ def work_ours(batch, new_tokens, *, precision="float32", signature=False,
   from dataspec import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   from dataspec import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   tf_allocator.use_bfc_allocator()  # as textgen-generate does, before any op
+  if decode_ops == "fused":
+    from dataspec import decode_ops as decode_ops_lib  # pylint: disable=g-import-not-at-top
+    decode_ops_lib.use_one_inter_op_thread()  # as textgen-generate does
   start_rss = machine.peak_rss_mb()
 
   def model_and_prompts():

@@ -41,6 +41,31 @@ class Ops(NamedTuple):
   gumbel_noise: object  # TextgenGumbelNoise's
 
 
+INTER_OP_ENV = "TF_NUM_INTEROP_THREADS"
+
+
+def use_one_inter_op_thread() -> bool:
+  """Asks TensorFlow for one inter-op thread (the thread that runs a
+  graph's ops one after another), unless the environment already sets
+  TF_NUM_INTEROP_THREADS. Call it before any op runs (TensorFlow reads the
+  variable when it starts, at the first op). Returns whether one thread is
+  asked for.
+
+  Why: TextgenLstmLayers runs its row blocks on the thread that calls it,
+  an inter-op thread, and on a helper from the intra-op pool. With two
+  inter-op threads (TensorFlow's default on 2 cores) the loop's ops moved
+  between them, and in 4-7% of the op's calls at batch 256 (16-25% in a
+  loop of the op alone) the helper was woken on the caller's own CPU and
+  the call ran on one core, twice as long. With one: 3-9 such calls of
+  2,695 instead of 88-185 (2-core AMD EPYC VM, 2026-12-04). bench_generate.py,
+  six runs alternating, nine rounds each: decode 1.05x / 1.24x / 1.06x
+  and prefill 1.10x / 1.18x / 1.13x at batch 1 / 64 / 256. Only for
+  --decode_ops=fused: the TensorFlow path runs independent ops side by
+  side and decoded 0.83-0.85x as fast at batch 256 with one thread."""
+  os.environ.setdefault(INTER_OP_ENV, "1")
+  return os.environ[INTER_OP_ENV].strip() == "1"
+
+
 def runs_here() -> bool:
   """Whether this CPU runs the libraries (x86-64 with AVX2 and FMA)."""
   return native_ops.is_x86_64() and native_ops.cpu_runs(VARIANT)

@@ -12,6 +12,7 @@ from absl import logging
 from dataspec import lean_tensorflow  # pylint: disable=unused-import,g-bad-import-order
 import tensorflow as tf
 
+from dataspec import decode_ops as decode_ops_lib
 from dataspec import export as export_lib
 from dataspec import serving
 from dataspec import storage
@@ -126,6 +127,8 @@ class Generator:
 def run(config) -> Optional[str]:
   """Generates this shard's samples; returns the output path."""
   tf_allocator.use_bfc_allocator()  # before any op
+  if config.decode_ops == "fused":
+    decode_ops_lib.use_one_inter_op_thread()  # before any op too
   logging.info("The config:\n%s", json.dumps(config.to_json_dict(), indent=2))
   storage.check_bucket(config.model_dir)
   export_dir = export_lib.find_export(config.model_dir)

@@ -49,8 +49,8 @@ _DECODE_OPS = flags.DEFINE_enum(
     "decode_ops", "tensorflow", config_lib.DECODE_OPS,
     "fused: a step through every LSTM layer as one compiled CPU op, and the output layer with "
     "the choice of the token as another for char and byte models (AVX2 x86-64, float32; "
-    "`python -m dataspec.decode_ops` builds them), faster; the text "
-    "equals the SavedModel's up to float rounding.", flag_values=FLAGS)
+    "`python -m dataspec.decode_ops` builds them), faster, with one TensorFlow inter-op "
+    "thread; the text equals the SavedModel's up to float rounding.", flag_values=FLAGS)
 
 flags.mark_flags_as_required(["model_dir", "output"], flag_values=FLAGS)
 

@@ -2,6 +2,9 @@
 LanguageModel(decode_ops="fused") against the SavedModel's own path."""
 
 import concurrent.futures
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +15,7 @@ from dataspec import export as export_lib
 from dataspec import native_ops
 from dataspec import serving
 from dataspec import tokenizer as tokenizer_lib
+from testutil import REPO
 
 # The library is built by ./install.sh wherever the CPU runs it; only a CPU
 # without AVX2 and FMA goes without.
@@ -426,3 +430,34 @@ def test_fused_model_refuses_what_it_cannot_do(tmp_path, monkeypatch):
   finally:
     monkeypatch.undo()
     decode_ops.load.cache_clear()
+
+
+_THREADS_PROBE = r"""
+import glob, os, sys
+sys.path.insert(0, {root!r})
+from dataspec import decode_ops
+{setup}
+import tensorflow as tf
+tf.function(lambda x: x + 1)(tf.constant(1))
+names = [open(task + "/comm").read().strip() for task in glob.glob("/proc/self/task/*")]
+print(names.count("tf_Compute"))  # TensorFlow's inter-op threads
+"""
+
+
+@pytest.mark.parametrize("setup,one", [
+    ("assert decode_ops.use_one_inter_op_thread()", True),
+    # the user's own setting wins
+    ("os.environ[decode_ops.INTER_OP_ENV] = '2'; assert not decode_ops.use_one_inter_op_thread()",
+     False),
+    ("", False),  # TensorFlow's default: the control
+    # too late: an op already started TensorFlow's threads
+    ("import tensorflow as tf; tf.constant(1) + 1; decode_ops.use_one_inter_op_thread()", False),
+])
+def test_one_inter_op_thread_when_asked_before_the_first_op(setup, one):
+  if len(os.sched_getaffinity(0)) < 2:
+    pytest.skip("TensorFlow starts one inter-op thread anyway on one CPU")
+  env = {k: v for k, v in os.environ.items() if k != decode_ops.INTER_OP_ENV}
+  out = subprocess.run([sys.executable, "-c", _THREADS_PROBE.format(root=REPO, setup=setup)],
+                       capture_output=True, text=True, check=True, env=env)
+  threads = int(out.stdout.strip().splitlines()[-1])
+  assert threads == 1 if one else threads >= 2

@@ -108,6 +108,21 @@ def test_fused_decode_ops_same_output_whatever_the_batching(tiny_run, tmp_path):
   assert config_lib.DECODE_OPS == serving.DECODE_OPS
 
 
+@pytest.mark.parametrize("ops,threads", [("fused", "1"), ("tensorflow", None)])
+def test_fused_decoding_asks_for_one_inter_op_thread(tiny_run, tmp_path, monkeypatch, ops,
+                                                     threads):
+  """--decode_ops=fused asks TensorFlow for one inter-op thread before any
+  op (dataspec.decode_ops.use_one_inter_op_thread, whose own test shows
+  TensorFlow taking it); the TensorFlow path keeps TensorFlow's default."""
+  from dataspec import decode_ops
+  if ops == "fused" and not decode_ops.runs_here():
+    pytest.skip("the fused decode op needs an x86-64 CPU with AVX2 and FMA")
+  monkeypatch.setenv(decode_ops.INTER_OP_ENV, "")  # so that the test ends without it
+  monkeypatch.delenv(decode_ops.INTER_OP_ENV)
+  generate.run(_config(tiny_run[0], tmp_path / "s.jsonl", decode_ops=ops, max_new_tokens=4))
+  assert os.environ.get(decode_ops.INTER_OP_ENV) == threads
+
+
 def test_fused_decode_ops_refused_on_a_gpu_machine(tiny_run, tmp_path, monkeypatch):
   """The fused ops run on the CPU only: with GPUs the job says so before
   it loads the model, and writes nothing."""
