@@ -74,6 +74,21 @@ def tiny_run(tiny_dataset, tmp_path_factory):
   return model_dir, result, before, trainer
 
 
+@pytest.fixture(autouse=True)
+def _inter_op_threads_env():
+  """textgen-generate --decode_ops=fused run in this process sets
+  TF_NUM_INTEROP_THREADS=1 (dataspec.decode_ops.use_one_inter_op_thread;
+  TensorFlow started long before, so it changes nothing here): it must not
+  reach the processes that later tests start, multi-worker trainers among
+  them."""
+  before = os.environ.get("TF_NUM_INTEROP_THREADS")
+  yield
+  if before is None:
+    os.environ.pop("TF_NUM_INTEROP_THREADS", None)
+  else:
+    os.environ["TF_NUM_INTEROP_THREADS"] = before
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _absl_flags_parsed():
   """Tests call main() under flagsaver, as app.run would after parsing."""
