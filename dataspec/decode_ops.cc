@@ -384,7 +384,6 @@ absl::Status ReadLayers(OpKernelContext* ctx, const Tensor& x, const Tensor& add
   return absl::OkStatus();
 }
 
-
 // From this many rows on, TextgenLstmLayers splits the step by rows, not
 // by each layer's panels (see LstmLayersOp).
 constexpr int64_t kGroupedRows = 128;
@@ -407,25 +406,24 @@ REGISTER_OP("TextgenLstmLayers")
       return c->set_output("c_out", h);
     });
 
-// Every layer's step of a stack, each layer above taking the one below's
-// h'. Below kGroupedRows rows, layer after layer, each split by its panels
+// Every layer's step of a stack, each layer above taking the one below's h'.
+// Below kGroupedRows rows, layer after layer, each split by its panels
 // (RunLayer); from there on, blocks of kGroupRows rows, each through every
-// layer, which threads take as they come: a layer's input rows are then
-// the h' its thread just wrote (in its core's cache, not the other
-// core's), and the step is one split, not one per layer. In one process alternating the two
+// layer, which threads take as they come: a layer's input rows are then the h'
+// its thread just wrote (in its core's cache, not the other core's), and the
+// step is one split, not one per layer. In one process alternating the two
 // (2-core AMD EPYC VM, 2026-12-03, the reference model's two layers + the
-// choice op, 15-21 x 64-128 steps, the same tokens), with blocks of 24
-// rows: median step 3.70-3.91 against 4.28-4.45 ms at batch 256, 3.38
-// against 3.91 ms at batch 192, a tie at 128 (2.18 against 2.22), and
-// 1.04-1.14x slower at 64 (each block streams all the layers' weights, 3
-// MB, from L3). Blocks of one tile (6 rows) against 24 (the same A/B, 40-60
-// x 128 steps): 0.92-1.02x the median step at batch 256 (six runs, 0.965x
-// on average, the 6-row build run second; the build run second gains
-// ~2%, so again on 2026-12-04 with each order twice: 0.947 and 0.955x
-// with it second, 0.992 and 0.994x with it first, ~0.97x), 0.92x at 192,
-// 0.88-0.92x at 128: the threads end a step together (256 rows are 43
-// blocks, not 11, of which one thread ran 6), and streaming the weights
-// from L3 43 times a step (~35 GB/s) costs no more than 11 times.
+// choice op, 15-21 x 64-128 steps, the same tokens), with blocks of 24 rows:
+// median step 3.70-3.91 against 4.28-4.45 ms at batch 256, 3.38 against 3.91 ms
+// at batch 192, a tie at 128 (2.18 against 2.22), and 1.04-1.14x slower at 64
+// (each block streams all the layers' weights, 3 MB, from L3). Blocks of one
+// tile (6 rows) against 24 (the same A/B, 40-60 x 128 steps): 0.92-1.02x the
+// median step at batch 256 (six runs, 0.965x on average, the 6-row build run
+// second; the build run second gains ~2%, so again on 2026-12-04 with each
+// order twice: 0.947 and 0.955x with it second, 0.992 and 0.994x with it first,
+// ~0.97x), 0.92x at 192, 0.88-0.92x at 128: the threads end a step together
+// (256 rows are 43 blocks, not 11, of which one thread ran 6), and streaming
+// the weights from L3 43 times a step (~35 GB/s) costs no more than 11 times.
 class LstmLayersOp : public OpKernel {
  public:
   explicit LstmLayersOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}

@@ -81,12 +81,13 @@ def _inter_op_threads_env():
   TensorFlow started long before, so it changes nothing here): it must not
   reach the processes that later tests start, multi-worker trainers among
   them."""
-  before = os.environ.get("TF_NUM_INTEROP_THREADS")
+  from dataspec.decode_ops import INTER_OP_ENV  # pylint: disable=g-import-not-at-top
+  before = os.environ.get(INTER_OP_ENV)
   yield
   if before is None:
-    os.environ.pop("TF_NUM_INTEROP_THREADS", None)
+    os.environ.pop(INTER_OP_ENV, None)
   else:
-    os.environ["TF_NUM_INTEROP_THREADS"] = before
+    os.environ[INTER_OP_ENV] = before
 
 
 @pytest.fixture(autouse=True, scope="session")
