@@ -2,12 +2,10 @@
 
 import ast
 import os
-import subprocess
-import sys
 
 import pytest
 
-from testutil import REPO
+from testutil import REPO, run_python
 
 JOBS = ("beam_preprocess", "trainer", "generate")
 
@@ -61,10 +59,8 @@ def test_the_beam_job_loads_without_tensorflow():
   code = ("import importlib, sys\n"
           f"for m in {modules!r}: importlib.import_module(m)\n"
           "print(sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow'))")
-  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                       text=True, timeout=120, env=dict(os.environ, PYTHONPATH=REPO))
-  assert out.returncode == 0, out.stderr[-2000:]
-  assert out.stdout.strip() == "[]"
+  out = run_python(code, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), timeout=120)
+  assert out.strip() == "[]"
 
 
 def test_generation_and_evaluation_load_tensorflow_without_keras():
@@ -80,7 +76,5 @@ def test_generation_and_evaluation_load_tensorflow_without_keras():
           "assert layers.Dense is keras.layers.Dense is tf.keras.layers.Dense\n"
           "assert keras.optimizers.Adam\n"
           "print('ok')")
-  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                       text=True, timeout=120, env=dict(os.environ, PYTHONPATH=REPO))
-  assert out.returncode == 0, out.stderr[-2000:]
-  assert out.stdout.strip() == "ok"
+  out = run_python(code, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), timeout=120)
+  assert out.strip() == "ok"

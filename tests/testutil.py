@@ -2,6 +2,8 @@
 
 import os
 import stat
+import subprocess
+import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAKESPEARE = os.path.join(REPO, "data", "tinyshakespeare.txt")
@@ -20,6 +22,22 @@ def unwritable_dir(tmp_path):
     locked = tmp_path / "file-not-dir"
     locked.write_text("x")
   return locked
+
+
+def run_python(code, *args, cwd=None, env=None, timeout=300) -> str:
+  """Runs `code` in a fresh Python (python -c code *args) and returns its
+  standard output; a non-zero exit fails the test with the end of its
+  standard error. env: the whole environment (default: this one)."""
+  out = subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env,
+                       capture_output=True, text=True, timeout=timeout, check=False)
+  assert out.returncode == 0, f"exit status {out.returncode}:\n{out.stderr[-3000:]}"
+  return out.stdout
+
+
+def last_line(text: str) -> str:
+  lines = text.strip().splitlines()
+  assert lines, "no output"
+  return lines[-1]
 
 
 def shakespeare_text(num_bytes: int) -> str:

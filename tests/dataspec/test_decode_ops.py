@@ -3,8 +3,6 @@ LanguageModel(decode_ops="fused") against the SavedModel's own path."""
 
 import concurrent.futures
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ from dataspec import export as export_lib
 from dataspec import native_ops
 from dataspec import serving
 from dataspec import tokenizer as tokenizer_lib
-from testutil import REPO
+from testutil import REPO, last_line, run_python
 
 # The library is built by ./install.sh wherever the CPU runs it; only a CPU
 # without AVX2 and FMA goes without.
@@ -457,7 +455,5 @@ def test_one_inter_op_thread_when_asked_before_the_first_op(setup, one):
   if len(os.sched_getaffinity(0)) < 2:
     pytest.skip("TensorFlow starts one inter-op thread anyway on one CPU")
   env = {k: v for k, v in os.environ.items() if k != decode_ops.INTER_OP_ENV}
-  out = subprocess.run([sys.executable, "-c", _THREADS_PROBE.format(root=REPO, setup=setup)],
-                       capture_output=True, text=True, check=True, env=env)
-  threads = int(out.stdout.strip().splitlines()[-1])
+  threads = int(last_line(run_python(_THREADS_PROBE.format(root=REPO, setup=setup), env=env)))
   assert threads == 1 if one else threads >= 2

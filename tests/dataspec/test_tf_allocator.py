@@ -3,12 +3,10 @@ tensors come from its BFC allocator (which keeps statistics); the user's own
 setting wins."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 
-from testutil import REPO
+from testutil import REPO, last_line, run_python
 
 _PROBE = r"""
 import os, sys
@@ -32,9 +30,7 @@ print(tf_allocator.peak_bytes())
 ])
 def test_bfc_allocator_serves_cpu_tensors(setup, bfc):
   env = {k: v for k, v in os.environ.items() if k != "TF_CPU_ALLOCATOR_USE_BFC"}
-  out = subprocess.run([sys.executable, "-c", _PROBE.format(root=REPO, setup=setup)],
-                       capture_output=True, text=True, check=True, env=env)
-  peak = out.stdout.strip().splitlines()[-1]
+  peak = last_line(run_python(_PROBE.format(root=REPO, setup=setup), env=env))
   if bfc:
     assert int(peak) >= 4 * 2**20
   else:

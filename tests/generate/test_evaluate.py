@@ -5,8 +5,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 
 from absl import app
 from absl.testing import flagsaver
@@ -19,7 +17,7 @@ from dataspec import serving
 from generate import config as config_lib
 from generate import eval_main
 from generate import evaluate
-from testutil import FRENCH, unwritable_dir
+from testutil import FRENCH, last_line, run_python, unwritable_dir
 
 
 def _config(model_dir, output, **kw):
@@ -185,8 +183,5 @@ def test_a_char_model_is_scored_in_a_process_without_keras(tiny_run, tiny_corpus
           "eval_main.main(['prog'])\n"
           "print(json.dumps([m for m in ('keras', 'tensorflow_text') if m in sys.modules]))")
   env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
-  out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=300)
-  assert out.returncode == 0, out.stderr[-3000:]
-  assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+  assert json.loads(last_line(run_python(code, cwd=tmp_path, env=env))) == []
   assert json.loads((tmp_path / "r.json").read_text())["total"]["files"] == 1

@@ -17,7 +17,7 @@ from generate import evaluate
 from generate import generate
 from trainer import config as train_config
 from trainer import train
-from testutil import BEAM_ARGS, REPO, shakespeare_text
+from testutil import BEAM_ARGS, REPO, last_line, run_python, shakespeare_text
 from conftest import SMALL_MODEL
 
 # Runs in a fresh interpreter: project packages cannot be imported (a finder
@@ -89,10 +89,7 @@ def _run_clean(script, request, tmp_path):
   path.write_text(json.dumps(request))
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
   env.update(CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
-  out = subprocess.run([sys.executable, "-c", script, str(path)], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=300)
-  assert out.returncode == 0, out.stderr[-3000:]
-  return json.loads(out.stdout.strip().splitlines()[-1])
+  return json.loads(last_line(run_python(script, str(path), cwd=tmp_path, env=env)))
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,10 @@
 """trainer.heap: after keep_freed_memory, glibc serves big blocks from the heap."""
 
-import os
-import subprocess
 import sys
 
 import pytest
+
+from testutil import REPO, last_line, run_python
 
 _PROBE = r"""
 import ctypes, sys
@@ -29,7 +29,4 @@ print(libc.mallinfo2().hblks - before)
 @pytest.mark.parametrize("tune,mmapped", [(False, "1"), (True, "0")])
 def test_big_blocks_come_from_the_heap(tune, mmapped):
   """Without the tuning the block is mmapped (the test's own control)."""
-  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  out = subprocess.run([sys.executable, "-c", _PROBE.format(root=root, tune=tune)],
-                       capture_output=True, text=True, check=True)
-  assert out.stdout.strip() == mmapped
+  assert last_line(run_python(_PROBE.format(root=REPO, tune=tune))) == mmapped

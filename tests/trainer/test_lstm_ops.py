@@ -5,8 +5,6 @@ and a trainer that runs without them."""
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,6 +12,7 @@ import tensorflow as tf
 
 from trainer import fused_lstm
 from trainer import lstm_ops
+from testutil import run_python
 
 
 def _ops():
@@ -308,7 +307,4 @@ def test_the_images_build_stage_copies_what_the_build_imports(tmp_path):
         "                    if not getattr(f, '__module__', '').startswith('__editable__')]\n"
         f"sys.argv = [{module!r}, '--help']\n"
         f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)\n")
-    done = subprocess.run([sys.executable, "-c", isolated], cwd=tmp_path,
-                          capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "Rebuild libraries that are already built" in done.stdout
+    assert "Rebuild libraries that are already built" in run_python(isolated, cwd=tmp_path)
