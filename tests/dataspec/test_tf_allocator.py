@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from dataspec import tf_allocator
 from testutil import REPO, last_line, run_python
 
 _PROBE = r"""
@@ -29,7 +30,7 @@ print(tf_allocator.peak_bytes())
     ("import tensorflow as tf; tf.zeros([2]) + 1.0; tf_allocator.use_bfc_allocator()", False),
 ])
 def test_bfc_allocator_serves_cpu_tensors(setup, bfc):
-  env = {k: v for k, v in os.environ.items() if k != "TF_CPU_ALLOCATOR_USE_BFC"}
+  env = {k: v for k, v in os.environ.items() if k != tf_allocator.BFC_ENV}
   peak = last_line(run_python(_PROBE.format(root=REPO, setup=setup), env=env))
   if bfc:
     assert int(peak) >= 4 * 2**20
