@@ -45,6 +45,15 @@ shared libraries' pages, whose count depends on the host's page cache, from
 one more untimed run of each (sampling it slows a run; see
 machine.run_worker), every round's decode rates, and each ratio taken round
 by round (its median, range, and how many rounds reach 1.5x).
+
+With --pairs=N, then for each --paired ratio a/b (default ours_fused/torch)
+at each batch size: a and b each started once and kept running (set up,
+traced and warmed up once), then measured N times each, one right after the
+other, alternating which goes first: seconds apart instead of a fresh
+process's start-up apart, so the ratio of each pair sees the same minute of
+a VM whose speed swings by the minute. Prints the medians, their ratio, the
+pairs' ratios (median, range, how many reach 1.5x) and the most CPU time
+the idle one used while the other was measured (it should be ~0).
 """
 
 import functools
@@ -63,7 +72,8 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import machine  # pylint: disable=wrong-import-position
 
-_ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved rounds.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved rounds (0: only --pairs).",
+                               lower_bound=0)
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 256, "Decoded tokens per measurement.",
                                    lower_bound=2)
 _TUTORIAL_TOKENS = flags.DEFINE_integer("tutorial_tokens", 8, "Tokens of the tutorial loop.")
@@ -73,7 +83,15 @@ _IMPLS = flags.DEFINE_list("impls", ["ours", "ours_fused", "keras", "torch", "tu
                            "What to measure. By default the *_bf16 ones only on "
                            "CPUs with bfloat16 units (AMX, AVX512_BF16), ours_fused "
                            "only with AVX2 and FMA.")
+_PAIRS = flags.DEFINE_integer(
+    "pairs", 0, "After the rounds, this many paired measurements of each --paired "
+    "ratio: both workers started once and kept, measured one right after the other "
+    "in the order a b, b a, a b, ...; 0: none.", lower_bound=0)
+_PAIRED = flags.DEFINE_list("paired", ["ours_fused/torch@256", "ours_fused/keras@1"],
+                            "The decode ratios --pairs measures, as a/b@batch.")
 _WORKER = flags.DEFINE_string("worker", None, "Internal: measure one implementation.")
+_SERVE = flags.DEFINE_bool("serve", False, "Internal: with --worker, set up once, then "
+                           "measure on each request (machine.serve).")
 _BATCH = flags.DEFINE_integer("batch", 1, "Internal: the worker's batch size.")
 
 EMBEDDING, UNITS, LAYERS, WINDOW = 64, 256, 2, 128
@@ -159,12 +177,18 @@ def work_ours(batch, new_tokens, *, precision="float32", signature=False,
     generate(texts, tf.constant(n))["token_ids"].numpy()
 
   run(2)  # trace
-  one = best_of(lambda: run(1))
-  many = best_of(lambda: run(new_tokens), times=1 if batch > 1 else 2)
-  shared = best_of(lambda: run(1, one_prompt))  # batch samples of one prompt
-  return {"decode": decode_rate(batch, new_tokens, many, one),
-          "prefill": batch * WINDOW / one, "prefill_shared": batch * WINDOW / shared,
-          "start_rss_mb": start_rss}
+
+  def measure(paired=False):
+    one = best_of(lambda: run(1))
+    many = best_of(lambda: run(new_tokens), times=1 if batch > 1 else 2)
+    result = {"decode": decode_rate(batch, new_tokens, many, one),
+              "prefill": batch * WINDOW / one}
+    if not paired:
+      shared = best_of(lambda: run(1, one_prompt))  # batch samples of one prompt
+      result["prefill_shared"] = batch * WINDOW / shared
+    return result
+
+  return start_rss, measure
 
 
 def work_keras(batch, new_tokens):
@@ -193,10 +217,14 @@ def work_keras(batch, new_tokens):
   tokens = tf.zeros([batch], tf.int32)
   states = [[tf.zeros([batch, UNITS])] * 2] * LAYERS
   greedy(tokens, states, tf.constant(2)).numpy()  # trace
-  one = best_of(lambda: greedy(tokens, states, tf.constant(1)).numpy())
-  many = best_of(lambda: greedy(tokens, states, tf.constant(new_tokens)).numpy(),
-                 times=1 if batch > 1 else 2)
-  return {"decode": decode_rate(batch, new_tokens, many, one), "start_rss_mb": start_rss}
+
+  def measure(paired=False):  # pylint: disable=unused-argument
+    one = best_of(lambda: greedy(tokens, states, tf.constant(1)).numpy())
+    many = best_of(lambda: greedy(tokens, states, tf.constant(new_tokens)).numpy(),
+                   times=1 if batch > 1 else 2)
+    return {"decode": decode_rate(batch, new_tokens, many, one)}
+
+  return start_rss, measure
 
 
 def work_torch(batch, new_tokens, *, bfloat16=False):
@@ -230,11 +258,14 @@ def work_torch(batch, new_tokens, *, bfloat16=False):
 
   tokens, state = prefill()
   decode(tokens, state, 2)
-  seconds_prefill = best_of(prefill)
-  one = best_of(lambda: decode(tokens, state, 1))
-  many = best_of(lambda: decode(tokens, state, new_tokens), times=1 if batch > 1 else 2)
-  return {"decode": decode_rate(batch, new_tokens, many, one),
-          "prefill": batch * WINDOW / seconds_prefill, "start_rss_mb": start_rss}
+
+  def measure(paired=False):
+    result = {} if paired else {"prefill": batch * WINDOW / best_of(prefill)}
+    one = best_of(lambda: decode(tokens, state, 1))
+    many = best_of(lambda: decode(tokens, state, new_tokens), times=1 if batch > 1 else 2)
+    return dict(result, decode=decode_rate(batch, new_tokens, many, one))
+
+  return start_rss, measure
 
 
 def work_tutorial(batch, new_tokens):
@@ -245,12 +276,16 @@ def work_tutorial(batch, new_tokens):
                                      units=UNITS, layers=LAYERS)
   seq = np.random.default_rng(0).integers(3, vocab, (batch, WINDOW)).astype(np.int32)
   model.predict(seq, verbose=0)  # warm-up
-  start = time.perf_counter()
-  for _ in range(new_tokens):
-    probs = model.predict(seq[:, -WINDOW:], verbose=0)  # (batch, vocab)
-    seq = np.concatenate([seq, probs.argmax(-1)[:, None].astype(np.int32)], axis=1)
-  return {"decode": batch * new_tokens / (time.perf_counter() - start),
-          "start_rss_mb": start_rss}
+
+  def measure(paired=False):  # pylint: disable=unused-argument
+    out = seq
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+      probs = model.predict(out[:, -WINDOW:], verbose=0)  # (batch, vocab)
+      out = np.concatenate([out, probs.argmax(-1)[:, None].astype(np.int32)], axis=1)
+    return {"decode": batch * new_tokens / (time.perf_counter() - start)}
+
+  return start_rss, measure
 
 
 WORKERS = {"ours": work_ours, "keras": work_keras, "torch": work_torch,
@@ -263,22 +298,88 @@ WORKERS = {"ours": work_ours, "keras": work_keras, "torch": work_torch,
 BFLOAT16_RATIOS = (("ours_bf16", "torch_bf16"), ("ours_bf16", "ours"))
 
 
-def run_worker(impl, batch, *, anonymous_memory=False):
+def worker_args(impl, batch):
   tokens = _TUTORIAL_TOKENS.value if impl == "tutorial" else _NEW_TOKENS.value
-  return machine.run_worker(__file__, f"--worker={impl}", f"--batch={batch}",
-                            f"--new_tokens={tokens}", anonymous_memory=anonymous_memory)
+  return f"--worker={impl}", f"--batch={batch}", f"--new_tokens={tokens}"
+
+
+def run_worker(impl, batch, *, anonymous_memory=False):
+  return machine.run_worker(__file__, *worker_args(impl, batch),
+                            anonymous_memory=anonymous_memory)
+
+
+def parse_paired(values, impls):
+  """[(a, b, batch)] from --paired's "a/b@batch" values, a and b of impls
+  (what runs)."""
+  pairs = []
+  for value in values:
+    names, _, batch = value.partition("@")
+    parts = names.split("/")
+    if len(parts) != 2 or any(p not in impls for p in parts) or not batch.isdigit() or \
+        int(batch) < 1:
+      raise app.UsageError(f"--paired={value}: want a/b@batch, a and b two of the "
+                           f"implementations measured ({', '.join(impls)}), batch a "
+                           "positive number")
+    pairs.append((*parts, int(batch)))
+  return pairs
+
+
+def print_paired(pairs):
+  """--pairs: each (a, b, batch) of `pairs` from workers kept running
+  (machine.paired)."""
+  for a, b, batch in pairs:
+    with machine.Worker(__file__, *worker_args(a, batch), "--serve") as wa, \
+        machine.Worker(__file__, *worker_args(b, batch), "--serve") as wb:
+      runs = machine.paired(wa, wb, _PAIRS.value)
+    ra = [r[0]["decode"] for r in runs]
+    rb = [r[1]["decode"] for r in runs]
+    ratios = [x / y for x, y in zip(ra, rb)]
+    print(f"\npaired decode, batch {batch}, {a} / {b} ({len(runs)} pairs, each a and b "
+          f"measured one right after the other, alternating which first): "
+          f"{statistics.median(ra):,.0f} against {statistics.median(rb):,.0f} tokens/s, "
+          f"ratio of the medians {statistics.median(ra) / statistics.median(rb):.2f}x; "
+          f"the pairs' ratios median {statistics.median(ratios):.2f}x, "
+          f"{min(ratios):.2f}-{max(ratios):.2f}x, {sum(v >= 1.5 for v in ratios)} of "
+          f"{len(ratios)} at 1.5x or more, {sum(v >= 1.0 for v in ratios)} at 1.0x or more; "
+          f"the idle one's CPU time "
+          f"while the other was measured at most {max(r[2] for r in runs):.2f} s")
+    print(f"every pair ({a}, {b} tokens/s): " +
+          ", ".join(f"{x:,.0f} / {y:,.0f}" for x, y in zip(ra, rb)), flush=True)
 
 
 def main(_):
   if _WORKER.value:
-    result = WORKERS[_WORKER.value](_BATCH.value, _NEW_TOKENS.value)
-    print(json.dumps(dict(result, peak_rss_mb=machine.peak_rss_mb())))
+    start_rss, measure = WORKERS[_WORKER.value](_BATCH.value, _NEW_TOKENS.value)
+    if _SERVE.value:
+      machine.serve(lambda: measure(paired=True), start_rss_mb=start_rss)
+      return
+    print(json.dumps(dict(measure(), start_rss_mb=start_rss,
+                          peak_rss_mb=machine.peak_rss_mb())))
     return
-  print(machine.describe())
+  if not _ROUNDS.value and not _PAIRS.value:
+    raise app.UsageError("--rounds=0 and --pairs=0: nothing to measure")
   impls, left_out = machine.measurable_impls(_IMPLS.value, explicit=_IMPLS.present)
+  paired_ratios = []
+  if _PAIRS.value:
+    # The default pairs that can run here (ours_fused needs AVX2); --paired
+    # as given.
+    paired_ratios = parse_paired(
+        _PAIRED.value if _PAIRED.present else
+        [v for v in _PAIRED.value if all(p in impls for p in v.split("@")[0].split("/"))],
+        impls)
+  print(machine.describe())
   if left_out:
     print(left_out)
   batches = [int(b) for b in _BATCHES.value]
+  if _ROUNDS.value:
+    print_rounds(impls, batches)
+  if paired_ratios:
+    print_paired(paired_ratios)
+    print(f"\n{machine.describe()} (after the pairs)")
+
+
+def print_rounds(impls, batches):
+  """--rounds: every implementation in a fresh process per round."""
   results = {(i, b): [] for i in impls for b in batches}
   for round_index in range(_ROUNDS.value):
     for batch in batches:

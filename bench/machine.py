@@ -18,6 +18,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Dict, Iterable, Tuple
@@ -266,6 +267,97 @@ def run_worker(script: str, *args: str, anonymous_memory: bool = False) -> dict:
     raise RuntimeError(f"{script} {' '.join(args)} failed:\n{output['stderr'][-3000:]}")
   result = json.loads(output["stdout"].strip().splitlines()[-1])
   return dict(result, peak_anon_mb=peak_anon) if anonymous_memory else result
+
+
+# Marks the lines a served worker answers with (libraries may print too).
+_ANSWER = "BENCH-ANSWER "
+
+
+def serve(measure, **ready) -> None:
+  """A worker's side of Worker: says `ready` (a JSON object), then answers
+  every "measure" line on its standard input with measure()'s JSON object,
+  until the input ends."""
+  print(_ANSWER + json.dumps(dict(ready, ready=True)), flush=True)
+  for line in sys.stdin:
+    if line.strip() == "measure":
+      print(_ANSWER + json.dumps(measure()), flush=True)
+
+
+def cpu_seconds(pid: int) -> float:
+  """User + system CPU seconds process `pid` has used (all its threads;
+  0 without /proc)."""
+  try:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+      fields = f.read().rsplit(")", 1)[1].split()
+  except OSError:
+    return 0.0
+  # After the command's ")": state is field 3, utime and stime fields 14-15.
+  return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Worker:
+  """`script` with `args` kept running in a fresh process that serve()s:
+  set up once (its model built, traced, warmed up), then measured as many
+  times as asked, so that two implementations can be measured one right
+  after the other, seconds apart, instead of a fresh process's start-up
+  apart. Use as a context manager (the process is ended on the way out)."""
+
+  def __init__(self, script: str, *args: str):
+    self._command = f"{script} {' '.join(args)}"
+    self._stderr = tempfile.TemporaryFile(mode="w+")
+    self.proc = subprocess.Popen([sys.executable, os.path.abspath(script), *args],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=self._stderr, text=True,
+                                 env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    self.ready = self._answer()
+
+  def _answer(self) -> dict:
+    for line in self.proc.stdout:
+      if line.startswith(_ANSWER):
+        return json.loads(line[len(_ANSWER):])
+    self.proc.wait()
+    self._stderr.seek(0)
+    raise RuntimeError(f"{self._command} ended without answering (exit status "
+                       f"{self.proc.returncode}):\n{self._stderr.read()[-3000:]}")
+
+  def measure(self) -> dict:
+    self.proc.stdin.write("measure\n")
+    self.proc.stdin.flush()
+    return self._answer()
+
+  def cpu_seconds(self) -> float:
+    return cpu_seconds(self.proc.pid)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.proc.stdin.close()
+    try:
+      self.proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+      self.proc.kill()
+      self.proc.wait()
+    self._stderr.close()
+
+
+def paired(a: "Worker", b: "Worker", pairs: int, settle_seconds: float = 0.2):
+  """`pairs` measurements of each of two served workers, one right after
+  the other, in the order a b, b a, a b, ... (so that neither is always
+  first after a pause): [(a's result, b's result, the CPU seconds the idle
+  one used while the other was measured (the larger of the two))]. Each
+  measurement waits `settle_seconds` first, for the other's threads to go
+  to sleep (OpenMP's and TensorFlow's spin a while after work)."""
+  out = []
+  for i in range(pairs):
+    results, idle = {}, 0.0
+    for worker, partner in ((a, b), (b, a)) if i % 2 == 0 else ((b, a), (a, b)):
+      time.sleep(settle_seconds)
+      before = partner.cpu_seconds()
+      results[id(worker)] = worker.measure()
+      idle = max(idle, partner.cpu_seconds() - before)
+    out.append((results[id(a)], results[id(b)], idle))
+  return out
 
 
 def anonymous_peaks(run, impls, batches) -> Dict[Tuple[str, int], float]:

@@ -6,6 +6,8 @@ r"""Runs every benchmark and writes bench/results/RESULTS.md and a plot.
    bench_generate.py, bench_cpu_peak.py: each prints a markdown table of
    absolute numbers and the ratio to a baseline measured in the same run;
    they are collected into RESULTS.md with the machine's description.
+   bench_generate.py also measures its decode targets' two ratios in pairs
+   (--pairs=10: fused/PyTorch at batch 256, fused/Keras at batch 1).
 2. The quality recipe (recipes/<name>/*.flags): preprocess + train, then its
    validation loss is plotted against wall time and against tokens seen
    (bench/results/validation_loss.svg) from the run's TensorBoard events,
@@ -220,7 +222,7 @@ def main(_):
       ("Unigram training", "bench_subword.py", []),
       ("Training input pipeline", "bench_input.py", []),
       ("Training", "bench_train.py", []),
-      ("Generation", "bench_generate.py", []),
+      ("Generation", "bench_generate.py", ["--pairs=10"]),
       ("CPU ceilings: FMA units and matrix products", "bench_cpu_peak.py", [])):
     header, table = run_bench(script, *args)
     sections.append(f"## {title}\n\n{header}\n\n{table}\n")

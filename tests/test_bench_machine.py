@@ -34,3 +34,64 @@ def test_describe_adds_the_steal_from_its_second_line_on(monkeypatch):
   monkeypatch.setattr(machine, "_previous_times", None)
   assert "stolen" not in machine.describe()
   assert machine.describe().endswith("since the line before 10.0%")
+
+
+# A served worker for the tests below: each measurement says when it began
+# and ended and burns `seconds` of CPU in between.
+_SERVED = """
+import os, sys, time
+sys.path.insert(0, {bench!r})
+import machine
+
+def measure():
+  start = time.monotonic()
+  while time.monotonic() - start < {seconds}:
+    pass
+  return {{"pid": os.getpid(), "start": start, "end": time.monotonic()}}
+
+if {fail}:
+  sys.exit("cannot set up: no model here")
+machine.serve(measure, name=sys.argv[1])
+"""
+
+
+def _served(tmp_path, *, seconds=0.0, fail=False):
+  script = tmp_path / f"served_{seconds}_{fail}.py"
+  script.write_text(_SERVED.format(bench=os.path.dirname(machine.__file__), seconds=seconds,
+                                   fail=fail))
+  return str(script)
+
+
+def test_paired_measures_each_right_after_the_other_alternating_which_first(tmp_path):
+  script = _served(tmp_path, seconds=0.3)
+  with machine.Worker(script, "a") as a, machine.Worker(script, "b") as b:
+    assert a.ready == {"name": "a", "ready": True} and b.ready["name"] == "b"
+    runs = machine.paired(a, b, 3, settle_seconds=0.05)
+    pids = (a.proc.pid, b.proc.pid)
+  assert len(runs) == 3
+  for i, (ra, rb, idle) in enumerate(runs):
+    assert (ra["pid"], rb["pid"]) == pids
+    first, second = (ra, rb) if i % 2 == 0 else (rb, ra)  # a b, b a, a b
+    assert first["end"] <= second["start"] < first["end"] + 0.5
+    # Each burned 0.3 s of CPU while the other waited on its input.
+    assert idle < 0.1
+  assert runs[0][0]["end"] <= runs[1][1]["start"]  # pairs one after the other
+
+
+def test_a_worker_that_does_not_start_says_why(tmp_path):
+  try:
+    machine.Worker(_served(tmp_path, fail=True), "a")
+  except RuntimeError as e:
+    assert "ended without answering (exit status 1)" in str(e)
+    assert "cannot set up: no model here" in str(e)
+  else:
+    raise AssertionError("no error")
+
+
+def test_cpu_seconds_counts_this_process_and_is_zero_for_no_process():
+  before = machine.cpu_seconds(os.getpid())
+  deadline = machine.time.process_time() + 0.2
+  while machine.time.process_time() < deadline:
+    pass
+  assert machine.cpu_seconds(os.getpid()) - before >= 0.15
+  assert machine.cpu_seconds(2**22 + 12345) == 0.0  # above pid_max's default
