@@ -46,13 +46,14 @@ one more untimed run of each (sampling it slows a run; see
 machine.run_worker), every round's decode rates, and each ratio taken round
 by round (its median, range, and how many rounds reach 1.5x).
 
-With --pairs=N, then for each --paired ratio a/b (default ours_fused/torch)
-at each batch size: a and b each started once and kept running (set up,
-traced and warmed up once), then measured N times each, one right after the
-other, alternating which goes first: seconds apart instead of a fresh
-process's start-up apart, so the ratio of each pair sees the same minute of
-a VM whose speed swings by the minute. Prints the medians, their ratio, the
-pairs' ratios (median, range, how many reach 1.5x) and the most CPU time
+With --pairs=N, then for each --paired a/b@batch (by default the decode
+targets' two: ours_fused/torch at batch 256, ours_fused/keras at batch 1):
+a and b each started once and kept running (set up, traced and warmed up
+once), then measured N times each, one right after the other, alternating
+which goes first: under a second apart instead of a fresh process's
+start-up apart, so each pair's ratio sees the same minute of a VM whose
+speed swings by the minute. Prints the medians, their ratio, the pairs'
+ratios (median, range, how many reach 1.5x and 1.0x) and the most CPU time
 the idle one used while the other was measured (it should be ~0).
 """
 
