@@ -309,7 +309,11 @@ class Worker:
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  stderr=self._stderr, text=True,
                                  env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    self.ready = self._answer()
+    try:
+      self.ready = self._answer()
+    except RuntimeError:
+      self._stderr.close()
+      raise
 
   def _answer(self) -> dict:
     for line in self.proc.stdout:
