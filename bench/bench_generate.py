@@ -309,19 +309,24 @@ def run_worker(impl, batch, *, anonymous_memory=False):
                             anonymous_memory=anonymous_memory)
 
 
-def parse_paired(values, impls):
+def parse_paired(values, impls, *, explicit):
   """[(a, b, batch)] from --paired's "a/b@batch" values, a and b of impls
-  (what runs)."""
+  (what runs). A pair naming something not measured is an error if the
+  user gave --paired (explicit), else left out (the default's ours_fused
+  needs AVX2)."""
   pairs = []
   for value in values:
     names, _, batch = value.partition("@")
     parts = names.split("/")
-    if len(parts) != 2 or any(p not in impls for p in parts) or not batch.isdigit() or \
-        int(batch) < 1:
-      raise app.UsageError(f"--paired={value}: want a/b@batch, a and b two of the "
-                           f"implementations measured ({', '.join(impls)}), batch a "
-                           "positive number")
-    pairs.append((*parts, int(batch)))
+    if len(parts) == 2 and batch.isdigit() and int(batch) >= 1:
+      if all(p in impls for p in parts):
+        pairs.append((*parts, int(batch)))
+        continue
+      if not explicit:
+        continue
+    raise app.UsageError(f"--paired={value}: want a/b@batch, a and b two of the "
+                         f"implementations measured ({', '.join(impls)}), batch a "
+                         "positive number")
   return pairs
 
 
@@ -342,8 +347,8 @@ def print_paired(pairs):
           f"the pairs' ratios median {statistics.median(ratios):.2f}x, "
           f"{min(ratios):.2f}-{max(ratios):.2f}x, {sum(v >= 1.5 for v in ratios)} of "
           f"{len(ratios)} at 1.5x or more, {sum(v >= 1.0 for v in ratios)} at 1.0x or more; "
-          f"the idle one's CPU time "
-          f"while the other was measured at most {max(r[2] for r in runs):.2f} s")
+          f"the idle one's CPU time while the other was measured at most "
+          f"{max(r[2] for r in runs):.2f} s")
     print(f"every pair ({a}, {b} tokens/s): " +
           ", ".join(f"{x:,.0f} / {y:,.0f}" for x, y in zip(ra, rb)), flush=True)
 
@@ -360,14 +365,8 @@ def main(_):
   if not _ROUNDS.value and not _PAIRS.value:
     raise app.UsageError("--rounds=0 and --pairs=0: nothing to measure")
   impls, left_out = machine.measurable_impls(_IMPLS.value, explicit=_IMPLS.present)
-  paired_ratios = []
-  if _PAIRS.value:
-    # The default pairs that can run here (ours_fused needs AVX2); --paired
-    # as given.
-    paired_ratios = parse_paired(
-        _PAIRED.value if _PAIRED.present else
-        [v for v in _PAIRED.value if all(p in impls for p in v.split("@")[0].split("/"))],
-        impls)
+  paired_ratios = (parse_paired(_PAIRED.value, impls, explicit=_PAIRED.present)
+                   if _PAIRS.value else [])
   print(machine.describe())
   if left_out:
     print(left_out)

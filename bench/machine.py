@@ -232,6 +232,13 @@ def _anon_mb(pid: int) -> float:
   return (int(fields[1]) - int(fields[2])) * _PAGE_BYTES / 2**20
 
 
+def _start_worker(script: str, args, **pipes) -> subprocess.Popen:
+  """`script` with `args` in a fresh Python (text mode, TensorFlow's info
+  logs off), its standard streams as `pipes` say."""
+  return subprocess.Popen([sys.executable, os.path.abspath(script), *args], text=True,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), **pipes)
+
+
 def run_worker(script: str, *args: str, anonymous_memory: bool = False) -> dict:
   """Runs `script` with `args` in a fresh Python process (its peak RSS its
   own) and returns the JSON object on the last line of its output; with
@@ -251,9 +258,7 @@ def run_worker(script: str, *args: str, anonymous_memory: bool = False) -> dict:
   every 2 ms, and 0-10% every 5 ms (ours and PyTorch alike, 2026-12-02), so
   the benches measure memory in runs of their own, not in timed ones.
   """
-  proc = subprocess.Popen([sys.executable, os.path.abspath(script), *args],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+  proc = _start_worker(script, args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
   output = {}
   reader = threading.Thread(target=lambda: output.update(zip(
       ("stdout", "stderr"), proc.communicate())))
@@ -305,10 +310,8 @@ class Worker:
   def __init__(self, script: str, *args: str):
     self._command = f"{script} {' '.join(args)}"
     self._stderr = tempfile.TemporaryFile(mode="w+")
-    self.proc = subprocess.Popen([sys.executable, os.path.abspath(script), *args],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 stderr=self._stderr, text=True,
-                                 env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    self.proc = _start_worker(script, args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=self._stderr)
     try:
       self.ready = self._answer()
     except RuntimeError:
