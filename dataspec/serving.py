@@ -249,7 +249,8 @@ class LanguageModel(tf.Module):
       (dataspec/decode_ops.cc) with float32 weights packed once per call:
       a position's step through every LSTM layer as one op,
       TextgenLstmLayers (the prompt's positions too: its states have the
-      bits of decoding it token by token), sampling's noise as one op (the
+      bits of decoding it token by token; 512-bit tiles on AVX-512 CPUs,
+      the AVX2 tiles' bits), sampling's noise as one op (the
       same bits), and where the output layer is small (PICK_MAX_FLOATS)
       that layer with the greedy or sampled choice as one op, TextgenPick.
       The states then differ from the SavedModel's by float rounding, so a

@@ -41,7 +41,8 @@ class GenerateConfig:
     decode_ops: "tensorflow" (the SavedModel's own ops and text), or "fused":
       a step through every LSTM layer as one compiled CPU op, and for char and byte
       models the output layer with the choice of the token as another
-      (dataspec/decode_ops.cc; AVX2 x86-64, float32), faster; the text equals the
+      (dataspec/decode_ops.cc; x86-64 with AVX2, 512-bit tiles on AVX-512
+      CPUs with the same results; float32), faster; the text equals the
       SavedModel's up to float rounding (a sample can differ where two
       tokens' noisy scores are within about 1e-6). Recorded in every
       sample's settings.

@@ -48,7 +48,8 @@ _PRECISION = flags.DEFINE_enum(
 _DECODE_OPS = flags.DEFINE_enum(
     "decode_ops", "tensorflow", config_lib.DECODE_OPS,
     "fused: a step through every LSTM layer as one compiled CPU op, and the output layer with "
-    "the choice of the token as another for char and byte models (AVX2 x86-64, float32; "
+    "the choice of the token as another for char and byte models (x86-64 with AVX2, "
+    "512-bit tiles where the CPU has AVX-512; float32; "
     "`python -m dataspec.decode_ops` builds them), faster, with one TensorFlow inter-op "
     "thread; the text equals the SavedModel's up to float rounding.", flag_values=FLAGS)
 

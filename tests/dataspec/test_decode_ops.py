@@ -13,6 +13,7 @@ from dataspec import export as export_lib
 from dataspec import native_ops
 from dataspec import serving
 from dataspec import tokenizer as tokenizer_lib
+from dataspec.cpuinfo import cpu_flags
 from testutil import REPO, last_line, run_python
 
 # The library is built by ./install.sh wherever the CPU runs it; only a CPU
@@ -174,6 +175,48 @@ def test_layers_op_has_the_bits_of_one_layer_at_a_time_and_of_fewer_rows(
     for layer in range(len(units_list)):
       np.testing.assert_array_equal(h_some[layer].numpy(), part(h_out[layer]).numpy())
       np.testing.assert_array_equal(c_some[layer].numpy(), part(c_out[layer]).numpy())
+
+
+@pytest.mark.parametrize("rows", [1, 5, 12, 13, 25, 127, 128, 200, 256])
+@pytest.mark.parametrize("units_list,table", [
+    ((4,), True), ((12, 20), False), ((8, 36, 4), True), ((64, 64), False)])
+def test_avx512_tiles_have_the_avx2_tiles_bits(rows, units_list, table):
+  """On CPUs with AVX-512 the layers op runs 512-bit tiles (12 rows by two
+  panels, one panel where an odd number of them leaves one: 4, 12, 20 and
+  36 units) with the AVX2 tiles' bits, by default and when asked for; the
+  addends and cell states spread wide enough that the gate math's clamps
+  are reached (the logistic's below -104 and above 16.6, tanh's past 8).
+  Elsewhere asking for them is an error that says why, and the default is
+  the AVX2 tiles."""
+  rng = np.random.default_rng(rows + 10 * len(units_list))
+  args = _stack(rng, rows, 5, units_list, table)
+  def spread(addend):  # unit 0: i below -104; unit 1: i and f above 16.6
+    a = addend.numpy() * 20.0
+    units = a.shape[-1] // 4
+    a[..., 0], a[..., 1], a[..., units + 1] = -300.0, 40.0, 40.0
+    return tf.constant(a)
+
+  args["addends"] = [spread(a) for a in args["addends"]]
+  def spread_c(c):  # unit 1: c' = c + g > 8 for tanh's clamp
+    c = c.numpy() * 20.0
+    c[:, 1] = 30.0
+    return tf.constant(c)
+
+  args["c"] = [spread_c(c) for c in args["c"]]
+  layers = _ops().lstm_layers
+  h_avx2, c_avx2 = layers(**args, vectors="avx2")
+  best_h, best_c = layers(**args)
+  if "avx512f" not in cpu_flags():
+    with pytest.raises(tf.errors.InvalidArgumentError, match="this CPU has no AVX-512"):
+      layers(**args, vectors="avx512")
+    wide = [(best_h, best_c)]
+  else:
+    wide = [(best_h, best_c), layers(**args, vectors="avx512")]
+  for h_out, c_out in wide:
+    for layer in range(len(units_list)):
+      np.testing.assert_array_equal(h_out[layer].numpy(), h_avx2[layer].numpy())
+      np.testing.assert_array_equal(c_out[layer].numpy(), c_avx2[layer].numpy())
+  assert all((c[:, 1].numpy() > 8.1).all() for c in c_avx2)  # tanh's clamp
 
 
 def test_layers_op_rejects_a_bad_layer_and_names_it():
