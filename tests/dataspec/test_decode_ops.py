@@ -219,6 +219,46 @@ def test_avx512_tiles_have_the_avx2_tiles_bits(rows, units_list, table):
   assert all((c[:, 1].numpy() > 8.1).all() for c in c_avx2)  # tanh's clamp
 
 
+_INTRA_OP_PROBE = r"""
+import sys
+sys.path.insert(0, {root!r})
+import numpy as np
+import tensorflow as tf
+tf.config.threading.set_intra_op_parallelism_threads({threads})
+from dataspec import decode_ops
+inputs = np.load({inputs!r})
+n = int(inputs["n"])
+h_out, c_out = decode_ops.load().lstm_layers(
+    x=inputs["x"], addend_rows=inputs["addend_rows"],
+    h=[inputs[f"h{{i}}"] for i in range(n)], c=[inputs[f"c{{i}}"] for i in range(n)],
+    packed=[inputs[f"packed{{i}}"] for i in range(n)],
+    addends=[inputs[f"addend{{i}}"] for i in range(n)])
+np.savez({outputs!r}, *[t.numpy() for t in h_out + c_out])
+"""
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_layers_op_has_the_same_bits_on_any_number_of_threads(tmp_path, threads):
+  """The op's result does not depend on how many intra-op threads split it
+  (1: one thread does everything; 3: parts of 11 and 10 panels split three
+  ways, where there are parts by CPU), against this process's 2+ threads."""
+  rng = np.random.default_rng(threads)
+  args = _stack(rng, 256, 5, (44, 20), table=False)
+  inputs = {"n": 2, "x": args["x"], "addend_rows": args["addend_rows"]}
+  for i in range(2):
+    for name in ("h", "c", "packed"):
+      inputs[f"{name}{i}"] = args[name][i]
+    inputs[f"addend{i}"] = args["addends"][i]
+  np.savez(tmp_path / "inputs.npz", **{k: np.asarray(v) for k, v in inputs.items()})
+  run_python(_INTRA_OP_PROBE.format(root=REPO, threads=threads,
+                                    inputs=str(tmp_path / "inputs.npz"),
+                                    outputs=str(tmp_path / "outputs.npz")))
+  h_out, c_out = _ops().lstm_layers(**args)
+  got = np.load(tmp_path / "outputs.npz")
+  for i, expected in enumerate(h_out + c_out):
+    np.testing.assert_array_equal(got[f"arr_{i}"], expected.numpy())
+
+
 def test_layers_op_rejects_a_bad_layer_and_names_it():
   ops = _ops()
   args = _stack(np.random.default_rng(2), 4, 5, (8, 12), table=True)
