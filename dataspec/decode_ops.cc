@@ -89,6 +89,18 @@ constexpr int kColumns = 16;  // columns per panel: 4 units x 4 gates
 // in a core's L2 while its panels go by.
 constexpr int kChunkRows = 96;
 
+// Waits until `counter` reaches `target`: spinning, briefly, then yielding.
+template <typename T>
+void SpinUntil(const std::atomic<T>& counter, T target) {
+  for (int spins = 0; counter.load(std::memory_order_acquire) < target; ++spins) {
+    if (spins < 4096) {
+      _mm_pause();
+    } else {
+      std::this_thread::yield();
+    }
+  }
+}
+
 // Runs fn(begin, end) for the blocks [0, block), [block, 2 block), ... of
 // [0, n) on the calling thread and the pool's other threads, each taking the
 // next block as it comes. The caller waits only for blocks being run, never
@@ -121,13 +133,7 @@ void RunBlocks(::tsl::thread::ThreadPool* pool, int64_t n, int64_t block, const 
   const int64_t helpers = std::min<int64_t>(pool->NumThreads() - 1, num_blocks - 1);
   for (int64_t i = 0; i < helpers; ++i) pool->Schedule(take);
   take();
-  for (int spins = 0; counters->done.load(std::memory_order_acquire) < num_blocks; ++spins) {
-    if (spins < 4096) {
-      _mm_pause();
-    } else {
-      std::this_thread::yield();
-    }
-  }
+  SpinUntil(counters->done, num_blocks);
 }
 
 // Runs fn(part) for each part in [0, parts) once, on the calling thread and
@@ -163,13 +169,7 @@ void RunPartsByCpu(::tsl::thread::ThreadPool* pool, const int parts, const Fn& f
   const int helpers = std::min(pool->NumThreads(), parts) - 1;
   for (int i = 0; i < helpers; ++i) pool->Schedule(take);
   take();
-  for (int spins = 0; state->done.load(std::memory_order_acquire) < parts; ++spins) {
-    if (spins < 4096) {
-      _mm_pause();
-    } else {
-      std::this_thread::yield();
-    }
-  }
+  SpinUntil(state->done, parts);
 }
 
 inline Packet8f Logistic(Packet8f x) {
