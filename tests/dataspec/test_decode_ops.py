@@ -190,6 +190,7 @@ def test_avx512_tiles_have_the_avx2_tiles_bits(rows, units_list, table):
   the AVX2 tiles."""
   rng = np.random.default_rng(rows + 10 * len(units_list))
   args = _stack(rng, rows, 5, units_list, table)
+
   def spread(addend):  # unit 0: i below -104; unit 1: i and f above 16.6
     a = addend.numpy() * 20.0
     units = a.shape[-1] // 4
@@ -197,6 +198,7 @@ def test_avx512_tiles_have_the_avx2_tiles_bits(rows, units_list, table):
     return tf.constant(a)
 
   args["addends"] = [spread(a) for a in args["addends"]]
+
   def spread_c(c):  # unit 1: c' = c + g > 8 for tanh's clamp
     c = c.numpy() * 20.0
     c[:, 1] = 30.0
@@ -240,7 +242,7 @@ np.savez({outputs!r}, *[t.numpy() for t in h_out + c_out])
 @pytest.mark.parametrize("threads", [1, 3])
 def test_layers_op_has_the_same_bits_on_any_number_of_threads(tmp_path, threads):
   """The op's result does not depend on how many intra-op threads split it
-  (1: one thread does everything; 3: parts of 11 and 10 panels split three
+  (1: one thread does everything; 3: layers of 11 and 5 panels split three
   ways, where there are parts by CPU), against this process's 2+ threads."""
   rng = np.random.default_rng(threads)
   args = _stack(rng, 256, 5, (44, 20), table=False)
