@@ -20,7 +20,8 @@ interleaved in every round (ours, keras, torch, ours, ...):
   ours_gates
          ours with the per-step compiled gate ops and TensorFlow's MatMul
          inside TensorFlow loops instead of the whole-sequence ops (what
-         runs on AVX-512 CPUs and without the AVX2 build; only differs from
+         ran on AVX-512 CPUs until the AVX-512 build, and runs without the
+         AVX2 and AVX-512 builds; only differs from
          ours where ours runs the whole-sequence ops, see
          trainer/lstm_ops.runs_whole_sequences; not measured by default).
   ours_tfops

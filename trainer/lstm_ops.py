@@ -14,8 +14,9 @@ project, not shipped:
   python -m trainer.lstm_ops      # ~15 s per variant; ./install.sh and the
                                   # container image run it
 
-On x86-64 two variants are built, for AVX2 CPUs (x86-64-v3) and for any
-x86-64 CPU, and the best one the CPU runs is loaded. Without a built library
+On x86-64 three variants are built, for AVX-512 CPUs (x86-64-v4), for
+AVX2 CPUs (x86-64-v3) and for any x86-64 CPU, and the best one the CPU
+runs is loaded. Without a built library
 (no compiler, another TensorFlow, another CPU architecture) training runs
 exactly as before on TensorFlow's own ops, 1.08-1.37x slower in four runs
 (README "Training"), after one warning that says how to build it. Only the
@@ -41,7 +42,7 @@ cpu_runs = native_ops.cpu_runs
 def variants() -> List[str]:
   """The -march values built here, best first ("" = the compiler's default)."""
   if native_ops.is_x86_64():
-    return ["x86-64-v3", "x86-64"]
+    return ["x86-64-v4", "x86-64-v3", "x86-64"]
   return [""]
 
 
@@ -103,13 +104,16 @@ def _mat_mul_grad(op, grad):
 def runs_whole_sequences(variant: str, flags_here: FrozenSet[str]) -> bool:
   """Whether the whole-sequence ops (whose recurrent product is Eigen's, in
   the library's instruction set) beat TensorFlow's MatMul here: the AVX2
-  build on a CPU without AVX-512. There TensorFlow's MatMul (oneDNN) ran the
-  step's (rows, units) x (units, 4 units) product at 44 GFLOP/s on one core
-  and Eigen's at 74-89 (AMD EPYC, 2026-12-02). On AVX-512 CPUs oneDNN uses
-  512-bit vectors (and AMX) that an AVX2 build does not: there the trainer
-  keeps TensorFlow's MatMul and the per-step gate ops, as measured on the
-  Xeon VM. The plain x86-64 build (SSE2) and other architectures likewise."""
-  return variant == "x86-64-v3" and "avx512f" not in flags_here
+  build on a CPU without AVX-512, and the AVX-512 build. On the AVX2 VM
+  TensorFlow's MatMul (oneDNN) ran the step's (rows, units) x (units, 4
+  units) product at 44 GFLOP/s on one core and Eigen's at 74-89 (AMD EPYC,
+  2026-12-02). On AVX-512 CPUs oneDNN uses 512-bit vectors, so the AVX2
+  build lost to it there; the AVX-512 build (Eigen with 512-bit packets)
+  trained 1.15x faster than the per-step gate ops with TensorFlow's MatMul
+  at batch 64 and at 256, every round (bench_train.py's ours against
+  ours_gates, 2-core Xeon VM, 2026-12-04). The plain x86-64 build (SSE2) and
+  other architectures keep TensorFlow's MatMul."""
+  return variant == "x86-64-v4" or (variant == "x86-64-v3" and "avx512f" not in flags_here)
 
 
 @functools.cache

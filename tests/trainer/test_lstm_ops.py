@@ -189,11 +189,13 @@ def test_mat_mul_rejects_mismatched_shapes():
 
 
 def test_whole_sequences_only_where_they_were_measured_faster():
-  """The AVX2 build on a CPU without AVX-512 (where TensorFlow's MatMul uses
-  wider vectors than the library's): see lstm_ops.runs_whole_sequences."""
+  """The AVX-512 build, and the AVX2 build on a CPU without AVX-512 (where
+  TensorFlow's MatMul would use wider vectors than the library's): see
+  lstm_ops.runs_whole_sequences."""
   avx2 = frozenset("fpu sse2 avx avx2 fma".split())
   assert lstm_ops.runs_whole_sequences("x86-64-v3", avx2)
   assert not lstm_ops.runs_whole_sequences("x86-64-v3", avx2 | {"avx512f"})
+  assert lstm_ops.runs_whole_sequences("x86-64-v4", avx2 | {"avx512f"})
   assert not lstm_ops.runs_whole_sequences("x86-64", avx2)
   assert not lstm_ops.runs_whole_sequences("", frozenset())
 
@@ -246,6 +248,9 @@ def test_cpu_feature_check(tmp_path):
   assert not lstm_ops.cpu_runs("x86-64-v3", cpuinfo=cpuinfo("processor : 0\n"))
   assert not lstm_ops.cpu_runs("x86-64-v3", cpuinfo=str(tmp_path / "missing"))
   assert lstm_ops.cpu_runs("x86-64", cpuinfo=cpuinfo("flags : sse2\n"))
+  v4 = v3.replace("avx512f", "avx512f avx512bw avx512cd avx512dq avx512vl")
+  assert lstm_ops.cpu_runs("x86-64-v4", cpuinfo=cpuinfo(v4))
+  assert not lstm_ops.cpu_runs("x86-64-v4", cpuinfo=cpuinfo(v3))  # AVX-512F alone
 
 
 def test_build_into_a_directory(tmp_path, monkeypatch):
