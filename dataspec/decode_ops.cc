@@ -733,7 +733,7 @@ class LstmLayersOp : public OpKernel {
       }
       return;
     }
-    if (rows < kGroupedRows || pool->NumThreads() <= 1) {
+    if (rows < kGroupedRows || threads <= 1) {
       for (const Layer& layer : layers) RunLayer(pool, layer, rows, wide_);
       return;
     }
