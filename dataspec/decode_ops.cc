@@ -338,7 +338,6 @@ TEXTGEN_AVX512 inline void WideCells(const __m512* z, int64_t units, const Row* 
   const __m128 one = _mm_set1_ps(1.0f);
   const __m512 scale = _mm512_setr_ps(1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 1, 1, 1, 1);
   __m128 c_new[4], o[4];
-  __m512 packed_c = _mm512_setzero_ps();
   for (int j = 0; j < N; ++j) {
     const float* add = rows[j].add;
     __m512 a = _mm512_castps128_ps512(_mm_loadu_ps(add));
@@ -352,7 +351,7 @@ TEXTGEN_AVX512 inline void WideCells(const __m512* z, int64_t units, const Row* 
                             _mm_mul_ps(_mm512_extractf32x4_ps(gates, 1), _mm_loadu_ps(rows[j].c)));
     o[j] = _mm512_extractf32x4_ps(gates, 3);
   }
-  packed_c = _mm512_castps128_ps512(c_new[0]);
+  __m512 packed_c = _mm512_castps128_ps512(c_new[0]);
   if constexpr (N > 1) packed_c = _mm512_insertf32x4(packed_c, c_new[1], 1);
   if constexpr (N > 2) packed_c = _mm512_insertf32x4(packed_c, c_new[2], 2);
   if constexpr (N > 3) packed_c = _mm512_insertf32x4(packed_c, c_new[3], 3);

@@ -26,10 +26,10 @@ from dataspec import cli
 from dataspec.cpuinfo import cpu_flags
 
 # The instruction sets each variant may use, as /proc/cpuinfo names them
-# (lzcnt is "abm"): x86-64-v4 (AVX-512), x86-64-v3 (AVX2, FMA), and "x86-64-v3-nofma": the same
-# without FMA, whose products and sums round apart as in TensorFlow's own
-# kernels (built for AVX without FMA; decode_noise.cc reproduces their
-# results bit for bit).
+# (lzcnt is "abm"): x86-64-v4 (AVX-512), x86-64-v3 (AVX2, FMA), and
+# "x86-64-v3-nofma": the same without FMA, whose products and sums round
+# apart as in TensorFlow's own kernels (built for AVX without FMA;
+# decode_noise.cc reproduces their results bit for bit).
 _X86_64_V2_FLAGS = frozenset({"cx16", "lahf_lm", "popcnt", "sse4_1", "sse4_2", "ssse3"})
 X86_64_V3_FLAGS = frozenset(
     {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"})

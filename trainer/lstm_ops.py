@@ -16,8 +16,8 @@ project, not shipped:
 
 On x86-64 three variants are built, for AVX-512 CPUs (x86-64-v4), for
 AVX2 CPUs (x86-64-v3) and for any x86-64 CPU, and the best one the CPU
-runs is loaded. Without a built library
-(no compiler, another TensorFlow, another CPU architecture) training runs
+runs is loaded. Without a built library (no compiler, another TensorFlow,
+another CPU architecture) training runs
 exactly as before on TensorFlow's own ops, 1.08-1.37x slower in four runs
 (README "Training"), after one warning that says how to build it. Only the
 training step uses them: the exported SavedModel and model.keras contain no
