@@ -10,8 +10,8 @@ decode_ops="fused"), two libraries:
     one op (prompt and decoding), and TextgenPick: the output layer and
     the greedy or sampled choice of the next token (argmax of logits /
     temperature + noise) as one op; built for AVX2 + FMA (x86-64-v3), with
-    the layers op's tiles also in AVX-512, which it runs where the CPU has
-    it (the same bits; its `vectors` attribute picks);
+    both ops' tiles also in AVX-512, which they run where the CPU has it
+    (the same bits; their `vectors` attribute picks);
   - `decode_noise.cc`, TextgenGumbelNoise: sampling's noise, bit for bit
     serving.gumbel_noise's; built for AVX2 without FMA (TensorFlow's own
     kernels are built without FMA too).

@@ -375,13 +375,18 @@ def test_pick_matches_tensorflow_ops(rows, depth, vocab, sampled):
     np.testing.assert_array_equal(got.numpy(), expected.numpy())
 
 
-def test_pick_takes_the_first_of_equal_scores_and_rejects_bad_shapes():
+# The choice op's tiles on this CPU: AVX2 always, AVX-512 where it has it.
+PICK_VECTORS = ["avx2"] + (["avx512"] if "avx512f" in cpu_flags() else [])
+
+
+@pytest.mark.parametrize("vectors", PICK_VECTORS)
+def test_pick_takes_the_first_of_equal_scores_and_rejects_bad_shapes(vectors):
   """As tf.argmax: the lowest id among equal largest scores, also when every
   score is -inf; each shape mismatch named."""
   pick = lambda **kw: _ops().pick(**dict(
       dict(x=tf.zeros([5, 3]), kernel=tf.zeros([3, 40]), noise=tf.zeros([5, 0]),
            bias=tf.constant([0.0] * 17 + [2.0] + [0.0] * 20 + [2.0, 1.0]),
-           temperature=1.0), **kw)).numpy().tolist()
+           temperature=1.0, vectors=vectors), **kw)).numpy().tolist()
   assert pick() == [17] * 5
   assert pick(bias=tf.fill([40], -np.inf)) == [0] * 5
   # Columns 16 apart share a lane; a later pass's lane can be a lower one.
@@ -402,6 +407,44 @@ def test_pick_takes_the_first_of_equal_scores_and_rejects_bad_shapes():
     pick(noise=tf.zeros([4, 40]))
   with pytest.raises(tf.errors.InvalidArgumentError, match="temperature must be"):
     pick(temperature=[1.0])
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5, 6, 7, 13, 100, 256, 301])
+@pytest.mark.parametrize("depth,vocab", [(8, 1), (5, 16), (32, 17), (64, 68), (7, 80),
+                                         (16, 130), (256, 68)])
+def test_avx512_pick_has_the_avx2_picks_tokens(rows, depth, vocab):
+  """On CPUs with AVX-512 the choice op runs 512-bit tiles (6 rows by up to
+  4 panels of 16 columns; partial tiles, partial panels and several passes
+  over the columns here) with the AVX2 tiles' tokens, by default and when
+  asked for, sampled and greedy; scores made equal in pairs of columns test
+  that the first of them wins in both. Elsewhere asking for them is an error
+  that says why."""
+  rng = np.random.default_rng(rows * 1000 + vocab)
+  x = rng.normal(0, 1, (rows, depth)).astype(np.float32)
+  kernel = rng.normal(0, 0.3, (depth, vocab)).astype(np.float32)
+  if vocab > 20:  # columns 3 and 19 (one lane), 4 and vocab - 1: the same scores
+    kernel[:, 19], kernel[:, vocab - 1] = kernel[:, 3], kernel[:, 4]
+  bias = np.zeros(vocab, np.float32)
+  noise = rng.gumbel(size=(rows, vocab)).astype(np.float32)
+  if vocab > 20:
+    noise[:, 19], noise[:, vocab - 1] = noise[:, 3], noise[:, 4]
+  args = dict(x=x, kernel=kernel, bias=bias)
+  pick = _ops().pick
+  for noise_value, temperature in ((noise, 0.7), (noise, 1.0), (np.zeros([rows, 0]), 1.0)):
+    avx2 = pick(**args, noise=noise_value, temperature=temperature, vectors="avx2").numpy()
+    np.testing.assert_array_equal(
+        avx2, _reference_pick(x, kernel, bias, tf.constant(noise_value, tf.float32),
+                              temperature).numpy())
+    best = pick(**args, noise=noise_value, temperature=temperature).numpy()
+    np.testing.assert_array_equal(best, avx2)
+    if "avx512f" not in cpu_flags():
+      with pytest.raises(tf.errors.InvalidArgumentError, match="this CPU has no AVX-512"):
+        pick(**args, noise=noise_value, temperature=temperature, vectors="avx512")
+    else:
+      wide = pick(**args, noise=noise_value, temperature=temperature, vectors="avx512").numpy()
+      np.testing.assert_array_equal(wide, avx2)
+    if vocab > 20:  # the later of two equal columns is never chosen
+      assert not np.isin(avx2, [19, vocab - 1]).any()
 
 
 def _model(decode_ops_value, *, units=32, embedding=16, layers=2, seed=0):
