@@ -288,6 +288,7 @@ class LanguageModel(tf.Module):
                          "with AVX2 and FMA, built by `python -m dataspec.decode_ops`; "
                          "the log says which is missing)")
       self._layers_op, self._noise_op = ops.lstm_layers, ops.gumbel_noise
+      self._panel_units = decode_ops_lib.panel_units(spec.units)
       if not spec.projection_dim and spec.units * spec.vocab_size <= PICK_MAX_FLOATS:
         self._pick_op = ops.pick
     self.tokenizer = graph_tokenizer.GraphTokenizer(tokenizer_spec, vocab)
@@ -345,7 +346,7 @@ class LanguageModel(tf.Module):
       table = self._input_table is not None
       packed = tuple(
           decode_ops_lib.pack_kernel(None if layer == 0 and table else read(self._kernels[layer]),
-                                     read(recurrent))
+                                     read(recurrent), panel_units=self._panel_units)
           for layer, recurrent in enumerate(self._recurrent_kernels))
     return _Weights(
         packed=packed,

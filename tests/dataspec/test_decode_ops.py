@@ -110,7 +110,7 @@ def test_ops_called_at_once_from_many_threads_give_the_same_bits():
   x, h, c, bias = f(64, in_dim), f(64, units), f(64, units), f(4 * units)
   packed = decode_ops.pack_kernel(f(in_dim, 4 * units), f(units, 4 * units))
   kernel, out_bias, noise = f(units, vocab), f(vocab), f(64, vocab)
-  stack = _stack(rng, 200, 5, (16, 8), table=True)  # by blocks of rows
+  stack, _ = _stack(rng, 200, 5, (16, 8), table=True)  # by blocks of rows
   ops = _ops()
 
   def call(_):
@@ -129,19 +129,20 @@ def test_ops_called_at_once_from_many_threads_give_the_same_bits():
 def _stack(rng, rows, in_dim, units_list, table):
   """Inputs of TextgenLstmLayers for layers of units_list: the first layer's
   input x (rows, in_dim) and bias, or (table) no input columns and rows of a
-  9-row table."""
+  9-row table. The kernels unpacked are kept under "kernels" (see _packed)."""
   f = lambda *shape: tf.constant(rng.normal(0, 0.5, shape), tf.float32)
   h = [f(rows, units) for units in units_list]
   c = [f(rows, units) for units in units_list]
   ins = [0 if table else in_dim] + list(units_list[:-1])
-  packed = [decode_ops.pack_kernel(f(i, 4 * units) if i else None, f(units, 4 * units))
-            for i, units in zip(ins, units_list)]
+  kernels = [(f(i, 4 * units) if i else None, f(units, 4 * units))
+             for i, units in zip(ins, units_list)]
   addends = [f(4 * units) for units in units_list]
   x, addend_rows = f(rows, in_dim), NO_ROWS
   if table:
     x, addends[0] = tf.zeros([0, 0]), f(9, 4 * units_list[0])
     addend_rows = tf.constant(rng.integers(0, 9, rows), tf.int32)
-  return dict(x=x, addend_rows=addend_rows, h=h, c=c, packed=packed, addends=addends)
+  return dict(x=x, addend_rows=addend_rows, h=h, c=c, addends=addends,
+              packed=[decode_ops.pack_kernel(*k) for k in kernels]), kernels
 
 
 @pytest.mark.parametrize("rows", [1, 7, 130, 200, 256])
@@ -156,7 +157,7 @@ def test_layers_op_has_the_bits_of_one_layer_at_a_time_and_of_fewer_rows(
   of 2). Layers of different widths; the first one's input from x or from
   a table's rows."""
   rng = np.random.default_rng(rows + len(units_list))
-  args = _stack(rng, rows, 5, units_list, table)
+  args, kernels = _stack(rng, rows, 5, units_list, table)
   ops = _ops()
   h_out, c_out = ops.lstm_layers(**args)
   x, rows_arg = args["x"], args["addend_rows"]
@@ -179,17 +180,23 @@ def test_layers_op_has_the_bits_of_one_layer_at_a_time_and_of_fewer_rows(
 
 @pytest.mark.parametrize("rows", [1, 5, 12, 13, 25, 127, 128, 200, 256])
 @pytest.mark.parametrize("units_list,table", [
-    ((4,), True), ((12, 20), False), ((8, 36, 4), True), ((64, 64), False)])
+    ((4,), True), ((12, 20), False), ((8, 36, 4), True), ((64, 64), False), ((16,), True),
+    ((48, 12, 32), True), ((512,), False)])
 def test_avx512_tiles_have_the_avx2_tiles_bits(rows, units_list, table):
   """On CPUs with AVX-512 the layers op runs 512-bit tiles (12 rows by two
   panels, one panel where an odd number of them leaves one: 4, 12, 20 and
-  36 units) with the AVX2 tiles' bits, by default and when asked for; the
-  addends and cell states spread wide enough that the gate math's clamps
-  are reached (the logistic's below -104 and above 16.6, tanh's past 8).
-  Elsewhere asking for them is an error that says why, and the default is
-  the AVX2 tiles."""
+  36 units) with the AVX2 tiles' bits, by default and when asked for, and
+  so do its gate-major tiles (6 rows by the four gates of 16 units) on
+  kernels packed in panels of 16 units (every layer whose units are a
+  multiple of 16, beside layers in panels of 4; 512 units, 4 MB, are more
+  than a 2 MB L2 per CPU holds, so from 128 rows the step splits by
+  rows, not by each CPU's panels); the addends and cell
+  states spread wide enough that the gate math's clamps are reached (the
+  logistic's below -104 and above 16.6, tanh's past 8). Elsewhere asking
+  for them, or giving panels of 16, is an error that says why, and the
+  default is the AVX2 tiles."""
   rng = np.random.default_rng(rows + 10 * len(units_list))
-  args = _stack(rng, rows, 5, units_list, table)
+  args, kernels = _stack(rng, rows, 5, units_list, table)
 
   def spread(addend):  # unit 0: i below -104; unit 1: i and f above 16.6
     a = addend.numpy() * 20.0
@@ -208,12 +215,22 @@ def test_avx512_tiles_have_the_avx2_tiles_bits(rows, units_list, table):
   layers = _ops().lstm_layers
   h_avx2, c_avx2 = layers(**args, vectors="avx2")
   best_h, best_c = layers(**args)
+  gate_major = [16 if units % 16 == 0 else 4 for units in units_list]
+  by_gate = dict(args, packed=[decode_ops.pack_kernel(*k, panel_units=n)
+                               for k, n in zip(kernels, gate_major)])
   if "avx512f" not in cpu_flags():
     with pytest.raises(tf.errors.InvalidArgumentError, match="this CPU has no AVX-512"):
       layers(**args, vectors="avx512")
     wide = [(best_h, best_c)]
   else:
-    wide = [(best_h, best_c), layers(**args, vectors="avx512")]
+    wide = [(best_h, best_c), layers(**args, vectors="avx512"), layers(**by_gate),
+            layers(**by_gate, vectors="avx512")]
+  if 16 in gate_major:
+    vectors = ["avx2"] + (["best"] if "avx512f" not in cpu_flags() else [])
+    for value in vectors:
+      with pytest.raises(tf.errors.InvalidArgumentError,
+                         match="panels of 16 units needs the AVX-512 tiles"):
+        layers(**by_gate, vectors=value)
   for h_out, c_out in wide:
     for layer in range(len(units_list)):
       np.testing.assert_array_equal(h_out[layer].numpy(), h_avx2[layer].numpy())
@@ -245,7 +262,7 @@ def test_layers_op_has_the_same_bits_on_any_number_of_threads(tmp_path, threads)
   (1: one thread does everything; 3: layers of 11 and 5 panels split three
   ways, where there are parts by CPU), against this process's 2+ threads."""
   rng = np.random.default_rng(threads)
-  args = _stack(rng, 256, 5, (44, 20), table=False)
+  args, kernels = _stack(rng, 256, 5, (44, 20), table=False)
   inputs = {"n": 2, "x": args["x"], "addend_rows": args["addend_rows"]}
   for i in range(2):
     for name in ("h", "c", "packed"):
@@ -263,7 +280,7 @@ def test_layers_op_has_the_same_bits_on_any_number_of_threads(tmp_path, threads)
 
 def test_layers_op_rejects_a_bad_layer_and_names_it():
   ops = _ops()
-  args = _stack(np.random.default_rng(2), 4, 5, (8, 12), table=True)
+  args, _ = _stack(np.random.default_rng(2), 4, 5, (8, 12), table=True)
   call = lambda **kw: ops.lstm_layers(**dict(args, **kw))
   with pytest.raises(tf.errors.InvalidArgumentError, match="layer 1: packed must be"):
     call(packed=[args["packed"][0], args["packed"][0]])
@@ -322,6 +339,30 @@ def test_pack_kernel_puts_four_units_gates_in_each_panel():
                                       stacked[:, gate * units + 4 * panel + j])
   with pytest.raises(ValueError, match="multiple of 4"):
     decode_ops.pack_kernel(None, tf.zeros([6, 24]))
+
+
+def test_pack_kernel_in_gate_major_panels_of_16_units():
+  """panel_units=16: panel p holds units 16p..16p+15's gate i, then f, g, o
+  (64 columns); the layout panel_units() picks on CPUs with AVX-512 where
+  units is a multiple of 16."""
+  units, in_dim = 32, 3
+  stacked = np.arange((in_dim + units) * 4 * units, dtype=np.float32).reshape(
+      in_dim + units, 4 * units)
+  packed = decode_ops.pack_kernel(tf.constant(stacked[:in_dim]), tf.constant(stacked[in_dim:]),
+                                  panel_units=16).numpy()
+  assert packed.shape == (units // 16, in_dim + units, 64)
+  for panel in range(units // 16):
+    for gate in range(4):
+      for j in range(16):
+        np.testing.assert_array_equal(packed[panel, :, 16 * gate + j],
+                                      stacked[:, gate * units + 16 * panel + j])
+  with pytest.raises(ValueError, match="multiple of 16"):
+    decode_ops.pack_kernel(None, tf.zeros([6, 4 * 24]), panel_units=16)
+  with pytest.raises(ValueError, match="panel_units must be 4 or 16"):
+    decode_ops.pack_kernel(None, tf.zeros([6, 4 * 24]), panel_units=8)
+  wide = "avx512f" in cpu_flags()
+  assert decode_ops.panel_units(256) == (16 if wide else 4)
+  assert decode_ops.panel_units(24) == 4
 
 
 def test_step_rejects_mismatched_shapes():
