@@ -278,6 +278,39 @@ def test_layers_op_has_the_same_bits_on_any_number_of_threads(tmp_path, threads)
     np.testing.assert_array_equal(got[f"arr_{i}"], expected.numpy())
 
 
+_FORK_PROBE = r"""
+import os, sys
+sys.path.insert(0, {root!r})
+import numpy as np
+import tensorflow as tf
+from dataspec import decode_ops
+ops = decode_ops.load()
+rng = np.random.default_rng(0)
+f = lambda *shape: tf.constant(rng.normal(0, 0.5, shape), tf.float32)
+args = dict(x=f(256, 8), addend_rows=tf.zeros([0], tf.int32), h=[f(256, 32)], c=[f(256, 32)],
+            packed=[decode_ops.pack_kernel(f(8, 128), f(32, 128),
+                                           panel_units=decode_ops.panel_units(32))],
+            addends=[f(128)])
+parent = ops.lstm_layers(**args)[0][0].numpy()  # the helpers' crew exists from here
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:
+  child = ops.lstm_layers(**args)[0][0].numpy()
+  os.write(write, b"same" if np.array_equal(child, parent) else b"different")
+  os._exit(0)
+os.waitpid(pid, 0)
+print(os.read(read, 16).decode())
+"""
+
+
+def test_ops_run_in_a_child_process_after_fork():
+  """The layers op keeps its helper threads for the process (Crew); a
+  process forked after it ran has none of them, and there the op runs on
+  the pool instead, the same bits, rather than waiting for helpers that
+  do not exist (it did, before the fork handler)."""
+  assert last_line(run_python(_FORK_PROBE.format(root=REPO), timeout=120)) == "same"
+
+
 def test_layers_op_rejects_a_bad_layer_and_names_it():
   ops = _ops()
   args, _ = _stack(np.random.default_rng(2), 4, 5, (8, 12), table=True)
