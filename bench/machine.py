@@ -269,7 +269,9 @@ def run_worker(script: str, *args: str, anonymous_memory: bool = False) -> dict:
     time.sleep(_ANON_EVERY_SECONDS)
   reader.join()
   if proc.returncode:
-    raise RuntimeError(f"{script} {' '.join(args)} failed:\n{output['stderr'][-3000:]}")
+    raise RuntimeError(f"{script} {' '.join(args)} failed (exit status {proc.returncode}):\n"
+                       f"{output['stderr'][-3000:]}\nits standard output ends:\n"
+                       f"{output['stdout'][-2000:]}")
   result = json.loads(output["stdout"].strip().splitlines()[-1])
   return dict(result, peak_anon_mb=peak_anon) if anonymous_memory else result
 
