@@ -358,39 +358,29 @@ def test_noise_library_is_built_without_fma_and_needs_no_fma(tmp_path):
     assert native_ops.cpu_runs(variant, cpuinfo=str(path)) is runs, flags
 
 
-def test_pack_kernel_puts_four_units_gates_in_each_panel():
-  units, in_dim = 8, 3
-  stacked = np.arange((in_dim + units) * 4 * units, dtype=np.float32).reshape(
-      in_dim + units, 4 * units)
-  packed = decode_ops.pack_kernel(tf.constant(stacked[:in_dim]),
-                                  tf.constant(stacked[in_dim:])).numpy()
-  assert packed.shape == (units // 4, in_dim + units, 16)
-  for panel in range(units // 4):
-    for gate in range(4):
-      for j in range(4):
-        np.testing.assert_array_equal(packed[panel, :, 4 * gate + j],
-                                      stacked[:, gate * units + 4 * panel + j])
-  with pytest.raises(ValueError, match="multiple of 4"):
-    decode_ops.pack_kernel(None, tf.zeros([6, 24]))
-
-
-def test_pack_kernel_in_gate_major_panels_of_16_units():
-  """panel_units=16: panel p holds units 16p..16p+15's gate i, then f, g, o
-  (64 columns); the layout panel_units() picks on CPUs with AVX-512 where
-  units is a multiple of 16."""
-  units, in_dim = 32, 3
+@pytest.mark.parametrize("panel_units,units", [(4, 8), (16, 32)])
+def test_pack_kernel_puts_each_panels_units_gates_together(panel_units, units):
+  """Panel p holds units n p..n p + n - 1's gate i, then f, g, o (4 n
+  columns) for n = panel_units: 4, every tile's layout, or 16, the
+  gate-major one panel_units() picks on CPUs with AVX-512 where units is
+  a multiple of 16."""
+  in_dim = 3
   stacked = np.arange((in_dim + units) * 4 * units, dtype=np.float32).reshape(
       in_dim + units, 4 * units)
   packed = decode_ops.pack_kernel(tf.constant(stacked[:in_dim]), tf.constant(stacked[in_dim:]),
-                                  panel_units=16).numpy()
-  assert packed.shape == (units // 16, in_dim + units, 64)
-  for panel in range(units // 16):
+                                  panel_units=panel_units).numpy()
+  n = panel_units
+  assert packed.shape == (units // n, in_dim + units, 4 * n)
+  for panel in range(units // n):
     for gate in range(4):
-      for j in range(16):
-        np.testing.assert_array_equal(packed[panel, :, 16 * gate + j],
-                                      stacked[:, gate * units + 16 * panel + j])
-  with pytest.raises(ValueError, match="multiple of 16"):
-    decode_ops.pack_kernel(None, tf.zeros([6, 4 * 24]), panel_units=16)
+      for j in range(n):
+        np.testing.assert_array_equal(packed[panel, :, n * gate + j],
+                                      stacked[:, gate * units + n * panel + j])
+  with pytest.raises(ValueError, match=f"multiple of {n}"):
+    decode_ops.pack_kernel(None, tf.zeros([6, 4 * (n + 2)]), panel_units=n)
+
+
+def test_panel_units_are_16_only_with_avx512_and_units_a_multiple_of_16():
   with pytest.raises(ValueError, match="panel_units must be 4 or 16"):
     decode_ops.pack_kernel(None, tf.zeros([6, 4 * 24]), panel_units=8)
   wide = "avx512f" in cpu_flags()
