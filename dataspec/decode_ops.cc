@@ -118,13 +118,16 @@ std::atomic<bool> crew_forked{false};
 // times (each layer, at batch 256 the choice) and the pool's helper, woken
 // each time, started 13 us late on average at batch 256; at batch 1, where
 // a step takes ~60 us, the caller mostly ran both halves. Run() runs
-// `take` on the calling thread and on every helper, with the caller's
-// MXCSR (flush-to-zero as TensorFlow's threads have it, so the bits do not
+// `take` on the calling thread and on every helper that joins the split
+// before the caller has run its own `take`, with the caller's MXCSR
+// (flush-to-zero as TensorFlow's threads have it, so the bits do not
 // depend on the thread), or returns false at once if another call holds
-// the crew (the caller then uses the pool). On the 2-core Xeon VM
-// (2026-12-04), sampled decoding, one process alternating the crew and the
-// pool (16 x 256 tokens each): 1.825x the tokens/s at batch 1, 1.036x at
-// 64, 1.020x at 256.
+// the crew (the caller then uses the pool). As with the pool, the caller
+// never waits for a helper that had not started: a helper that comes late
+// (asleep, or not given a CPU) finds the split closed and skips it. On the
+// 2-core Xeon VM (2026-12-04), sampled decoding, one process alternating
+// the crew and the pool (16 x 256 tokens each): 1.825x the tokens/s at
+// batch 1, 1.036x at 64, 1.020x at 256.
 class Crew {
  public:
   static Crew* Get(int helpers) {
@@ -138,31 +141,39 @@ class Crew {
     job_ = [](const void* fn) { (*static_cast<const Fn*>(fn))(); };
     fn_ = &take;
     mxcsr_ = _mm_getcsr();  // flush-to-zero as the caller's (TensorFlow's threads set it)
-    done_.store(0, std::memory_order_relaxed);
-    seq_.fetch_add(1, std::memory_order_seq_cst);
+    finished_.store(0, std::memory_order_relaxed);
+    state_.store((++splits_ << kSplitShift) | kOpen, std::memory_order_seq_cst);
     if (sleeping_.load(std::memory_order_seq_cst) > 0) {
       std::lock_guard<std::mutex> lock(mutex_);
       wake_.notify_all();
     }
     take();
-    SpinUntil(done_, helpers_);
+    // Closed: from here no helper joins; wait for those that did.
+    const uint64_t state = state_.fetch_and(~kOpen, std::memory_order_acq_rel);
+    SpinUntil(finished_, state & kJoined);
     busy_.store(false, std::memory_order_release);
     return true;
   }
 
  private:
   static constexpr int64_t kCrewWaitUs = 200;
+  // state_: the split's number (from bit kSplitShift), whether it is open,
+  // and how many helpers joined it.
+  static constexpr int kSplitShift = 32;
+  static constexpr uint64_t kOpen = uint64_t{1} << 31;
+  static constexpr uint64_t kJoined = kOpen - 1;
 
-  explicit Crew(int helpers) : helpers_(helpers) {
+  explicit Crew(int helpers) {
     pthread_atfork(nullptr, nullptr, [] { crew_forked.store(true); });
     for (int i = 0; i < helpers; ++i) std::thread([this] { Loop(); }).detach();
   }
 
   void Loop() {
-    uint64_t seen = 0;
+    uint64_t seen = 0;  // the last split this helper saw
+    auto split = [&] { return state_.load(std::memory_order_seq_cst) >> kSplitShift; };
     for (;;) {
       const auto start = std::chrono::steady_clock::now();
-      for (int spins = 0; seq_.load(std::memory_order_seq_cst) == seen; ++spins) {
+      for (int spins = 0; split() == seen; ++spins) {
         if (spins % 256 != 255) {
           _mm_pause();
           continue;
@@ -173,20 +184,27 @@ class Crew {
         }
         std::unique_lock<std::mutex> lock(mutex_);
         sleeping_.fetch_add(1, std::memory_order_seq_cst);
-        wake_.wait(lock, [&] { return seq_.load(std::memory_order_seq_cst) != seen; });
+        wake_.wait(lock, [&] { return split() != seen; });
         sleeping_.fetch_sub(1, std::memory_order_seq_cst);
       }
-      seen = seq_.load(std::memory_order_acquire);
-      _mm_setcsr(mxcsr_);
-      job_(fn_);
-      done_.fetch_add(1, std::memory_order_release);
+      uint64_t state = state_.load(std::memory_order_acquire);
+      seen = state >> kSplitShift;
+      // Join the split if it is still open (and still this one).
+      while ((state & kOpen) && (state >> kSplitShift) == seen) {
+        if (state_.compare_exchange_weak(state, state + 1, std::memory_order_acq_rel)) {
+          _mm_setcsr(mxcsr_);
+          job_(fn_);
+          finished_.fetch_add(1, std::memory_order_release);
+          break;
+        }
+      }
     }
   }
 
-  const int helpers_;
   std::atomic<bool> busy_{false};
-  std::atomic<uint64_t> seq_{0};
-  std::atomic<int> done_{0};
+  uint64_t splits_ = 0;  // the caller's count (under busy_)
+  std::atomic<uint64_t> state_{0};
+  std::atomic<uint64_t> finished_{0};
   std::atomic<int> sleeping_{0};
   void (*job_)(const void*) = nullptr;
   const void* fn_ = nullptr;
@@ -198,7 +216,8 @@ class Crew {
 // Runs `take` on the calling thread and on helpers: the crew's (as many
 // as the pool has threads but one, fixed at the first call; those with
 // nothing left to take return at once) if it is free, else `helpers` of
-// the pool's.
+// the pool's. Either way the caller waits for no helper that had not
+// started (the pool's take their own copy of `take`).
 template <typename Fn>
 void RunOnHelpers(::tsl::thread::ThreadPool* pool, int helpers, const Fn& take) {
   if (helpers <= 0) {
@@ -214,8 +233,8 @@ void RunOnHelpers(::tsl::thread::ThreadPool* pool, int helpers, const Fn& take) 
 }
 
 // Runs fn(begin, end) for the blocks [0, block), [block, 2 block), ... of
-// [0, n) on the calling thread and the pool's other threads, each taking the
-// next block as it comes. The caller waits only for blocks being run, never
+// [0, n) on the calling thread and helper threads (RunOnHelpers), each
+// taking the next block as it comes. The caller waits only for blocks being run, never
 // for a helper that has not started (one that starts late finds no block
 // left and touches only the shared counters), and it waits spinning,
 // briefly, then yielding: the blocks of a decode step take microseconds,
@@ -247,7 +266,7 @@ void RunBlocks(::tsl::thread::ThreadPool* pool, int64_t n, int64_t block, const 
 }
 
 // Runs fn(part) for each part in [0, parts) once, on the calling thread and
-// the pool's, each thread taking first the part numbered by the CPU it runs
+// helper threads (RunOnHelpers), each thread taking first the part numbered by the CPU it runs
 // on (sched_getcpu() % parts), then any part not taken yet. Waits as
 // RunBlocks does. So where a layer's panels are split into one part per
 // CPU, each CPU multiplies the same panels call after call, and those
