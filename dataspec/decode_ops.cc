@@ -410,7 +410,15 @@ constexpr int kWideRows = 12;  // rows per AVX-512 tile
 
 // Eigen's scalar_logistic_op<float>::packetOp and ptanh_float (the
 // functions Cells runs on 8 lanes) on 16, operation for operation, so each
-// lane gets the same bits.
+// lane gets the same bits. One step differs: Eigen multiplies p by 2^m
+// built from the clamped biased exponent (add, max, min, convert, shift,
+// multiply); Logistic16 runs vscalefps, p 2^m in one operation. For every
+// input that reaches it m is in [-75, 12] (x0 >= -104, else the mask
+// gives 0; x0 <= 16.64), so the clamp never acts, 2^m is a normal float
+// and both round the same product: the same bits for all 2^32 inputs
+// (checked exhaustively against the six-operation form, 2026-12-04). A
+// C++ loop of the reference model's step at batch 256 (two threads): with
+// the prefetch in GateTile, 0.966-0.978x the time.
 TEXTGEN_AVX512 inline __m512 Logistic16(__m512 x0) {
   const __m512 one = _mm512_set1_ps(1.0f), half = _mm512_set1_ps(0.5f);
   const __mmask16 zero_mask = _mm512_cmp_ps_mask(x0, _mm512_set1_ps(-104.f), _CMP_LT_OQ);
@@ -429,10 +437,7 @@ TEXTGEN_AVX512 inline __m512 Logistic16(__m512 x0) {
   const __m512 p_low = _mm512_add_ps(r, one);
   __m512 p = _mm512_fmadd_ps(r, p_odd, p_even);
   p = _mm512_fmadd_ps(r2, p, p_low);
-  const __m512 limit = _mm512_set1_ps(255.0f);
-  const __m512i biased = _mm512_cvttps_epi32(_mm512_min_ps(
-      limit, _mm512_max_ps(_mm512_setzero_ps(), _mm512_add_ps(m, _mm512_set1_ps(127.0f)))));
-  __m512 e = _mm512_mul_ps(p, _mm512_castsi512_ps(_mm512_slli_epi32(biased, 23)));
+  __m512 e = _mm512_scalef_ps(p, m);
   e = _mm512_mul_ps(e, e);
   return _mm512_mask_blend_ps(zero_mask, _mm512_div_ps(e, _mm512_add_ps(one, e)),
                               _mm512_setzero_ps());
@@ -586,6 +591,7 @@ TEXTGEN_AVX512 void WideTiles(int64_t rows, const float* x, int64_t in, const fl
 // 1.003x at 1.
 constexpr int kGateRows = 6;
 constexpr int kGateUnits = 16;  // units per gate-major panel
+constexpr int kGatePrefetch = 8 * 4 * kGateUnits;  // floats ahead GateTile prefetches
 
 template <int R>
 TEXTGEN_AVX512 void GateTile(const float* x, int64_t in, const float* h, int64_t units,
@@ -608,7 +614,14 @@ TEXTGEN_AVX512 void GateTile(const float* x, int64_t in, const float* h, int64_t
     for (int64_t k = 0; k < stride; ++k, w += 4 * kGateUnits) {
       __m512 b[4];
 #pragma GCC unroll 4
-      for (int g = 0; g < 4; ++g) b[g] = _mm512_load_ps(w + g * kGateUnits);
+      for (int g = 0; g < 4; ++g) {
+        b[g] = _mm512_load_ps(w + g * kGateUnits);
+        // The panel 8 columns ahead (2 KB; past its end, the next panel's
+        // start, which this thread reads next): 0.974-0.983x the time of
+        // the C++ step loop above without it; 4 KB ahead the same.
+        _mm_prefetch(reinterpret_cast<const char*>(w + kGatePrefetch + g * kGateUnits),
+                     _MM_HINT_T0);
+      }
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
         const __m512 v = _mm512_set1_ps(src[r * stride + k]);

@@ -14,7 +14,8 @@ decode_ops="fused"), two libraries:
     (the same bits; their `vectors` attribute picks);
   - `decode_noise.cc`, TextgenGumbelNoise: sampling's noise, bit for bit
     serving.gumbel_noise's; built for AVX2 without FMA (TensorFlow's own
-    kernels are built without FMA too).
+    kernels are built without FMA too), with the same operations on 16
+    lanes where the CPU has AVX-512 (its `vectors` attribute).
 Both run on x86-64 CPUs with AVX2 and FMA only; elsewhere, or without the
 built libraries, LanguageModel(decode_ops="fused") says why. The exported
 SavedModel never contains them.

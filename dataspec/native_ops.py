@@ -29,14 +29,16 @@ from dataspec.cpuinfo import cpu_flags
 # (lzcnt is "abm"): x86-64-v4 (AVX-512), x86-64-v3 (AVX2, FMA), and
 # "x86-64-v3-nofma": the same without FMA, whose products and sums round
 # apart as in TensorFlow's own kernels (built for AVX without FMA;
-# decode_noise.cc reproduces their results bit for bit).
+# decode_noise.cc reproduces their results bit for bit), and without the
+# compiler fusing them (-ffp-contract=off: its AVX-512 code, which the
+# target attribute builds, could otherwise use AVX-512's own FMAs).
 _X86_64_V2_FLAGS = frozenset({"cx16", "lahf_lm", "popcnt", "sse4_1", "sse4_2", "ssse3"})
 X86_64_V3_FLAGS = frozenset(
     {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"})
 X86_64_V4_FLAGS = X86_64_V3_FLAGS | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
 _REQUIRED_FLAGS = {"x86-64-v4": X86_64_V4_FLAGS, "x86-64-v3": X86_64_V3_FLAGS,
                    "x86-64-v3-nofma": _X86_64_V2_FLAGS | (X86_64_V3_FLAGS - {"fma"})}
-_ARCH_FLAGS = {"x86-64-v3-nofma": ["-march=x86-64-v3", "-mno-fma"]}
+_ARCH_FLAGS = {"x86-64-v3-nofma": ["-march=x86-64-v3", "-mno-fma", "-ffp-contract=off"]}
 
 
 def is_x86_64() -> bool:
