@@ -77,7 +77,8 @@ inline uint32_t Mix32(uint32_t x) {
   return x ^ (x >> 16);
 }
 
-// (k + 0.5) / 2^23 for the top 23 bits k of each lane's hash.
+// What a row's token ids are salted from at one position: the mixed hash
+// of (row seed, position).
 inline uint32_t RowHash(int64_t seed, int32_t position) {
   return Mix32(static_cast<uint32_t>(seed) * 0x9E3779B1u +
                static_cast<uint32_t>(position) * 0x85EBCA77u);
@@ -126,15 +127,16 @@ TEXTGEN_AVX512 inline __m512 Log16(__m512 a) {
 // 16 token ids at a time, the last block of a row stored under a mask.
 TEXTGEN_AVX512 void WideRows(const int64_t* seed, const int32_t* position, int64_t batch,
                              int64_t vocab_size, int64_t begin, int64_t end, float* out) {
-  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i salt = _mm512_set1_epi32(static_cast<int>(0xC2B2AE3Du));
+  const __m512i lane_salts = _mm512_mullo_epi32(
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), salt);
   const __m512i salt_step = _mm512_set1_epi32(static_cast<int>(16 * 0xC2B2AE3Du));
   const __m512 half = _mm512_set1_ps(0.5f), scale = _mm512_set1_ps(1.0f / (1 << 23));
   const __m512i sign = _mm512_set1_epi32(static_cast<int>(0x80000000u));
   for (int64_t i = begin; i < end; ++i) {
     const uint32_t mixed = RowHash(seed[i % batch], position[i / batch]);
     float* row = out + i * vocab_size;
-    __m512i salted = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(mixed)),
-                                      _mm512_mullo_epi32(lane, _mm512_set1_epi32(static_cast<int>(0xC2B2AE3Du))));
+    __m512i salted = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(mixed)), lane_salts);
     for (int64_t j = 0; j < vocab_size; j += 16) {
       __m512i x = salted;  // Mix32, lane for lane
       x = _mm512_mullo_epi32(_mm512_xor_si512(x, _mm512_srli_epi32(x, 16)),
@@ -145,8 +147,10 @@ TEXTGEN_AVX512 void WideRows(const int64_t* seed, const int32_t* position, int64
       // k < 2^23 converts exactly; (k + 0.5) / 2^23, then -log(-log(u)).
       const __m512 u = _mm512_mul_ps(
           _mm512_add_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(x, 9)), half), scale);
-      const __m512 inner = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(Log16(u)), sign));
-      const __m512 noise = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(Log16(inner)), sign));
+      const __m512 inner = _mm512_castsi512_ps(
+          _mm512_xor_si512(_mm512_castps_si512(Log16(u)), sign));
+      const __m512 noise = _mm512_castsi512_ps(
+          _mm512_xor_si512(_mm512_castps_si512(Log16(inner)), sign));
       const int64_t take = std::min<int64_t>(16, vocab_size - j);
       _mm512_mask_storeu_ps(row + j, static_cast<__mmask16>((1u << take) - 1), noise);
       salted = _mm512_add_epi32(salted, salt_step);
@@ -192,10 +196,7 @@ class GumbelNoiseOp : public OpKernel {
       alignas(32) float bits[8];
       alignas(32) float values[8];
       for (int64_t i = begin; i < end; ++i) {  // i = position * batch + row
-        const int64_t p = i / batch, r = i % batch;
-        const uint32_t base = static_cast<uint32_t>(seed[r]) * 0x9E3779B1u +
-                              static_cast<uint32_t>(position[p]) * 0x85EBCA77u;
-        const uint32_t mixed = Mix32(base);
+        const uint32_t mixed = RowHash(seed[i % batch], position[i / batch]);
         float* row = out + i * vocab_size_;
         for (int64_t j = 0; j < lanes; j += 8) {
           for (int k = 0; k < 8; ++k) {
