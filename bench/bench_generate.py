@@ -36,6 +36,9 @@ every round:
             ours with textgen-generate's --precision=bfloat16 (products in
             bfloat16), PyTorch's loop under torch.autocast("cpu",
             torch.bfloat16): fast only on CPUs with AMX or AVX512_BF16.
+  ours_fused_bf16
+            ours with --decode_ops=fused --precision=bfloat16: the layers'
+            products on AMX (TextgenLstmLayersBf16; CPUs with AMX only).
 
 Prints the machine and its 1-minute load average before and after, then per
 batch size the median decode tokens/s of each, ours' prefill rate, the
@@ -80,15 +83,16 @@ _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 256, "Decoded tokens per measur
 _TUTORIAL_TOKENS = flags.DEFINE_integer("tutorial_tokens", 8, "Tokens of the tutorial loop.")
 _BATCHES = flags.DEFINE_list("batch_sizes", ["1", "256"], "Batch sizes.")
 _IMPLS = flags.DEFINE_list("impls", ["ours", "ours_fused", "keras", "torch", "tutorial",
-                                     "ours_bf16", "torch_bf16"],
+                                     "ours_bf16", "torch_bf16", "ours_fused_bf16"],
                            "What to measure. By default the *_bf16 ones only on "
                            "CPUs with bfloat16 units (AMX, AVX512_BF16), ours_fused "
-                           "only with AVX2 and FMA.")
+                           "only with AVX2 and FMA, ours_fused_bf16 only with AMX.")
 _PAIRS = flags.DEFINE_integer(
     "pairs", 0, "After the rounds, this many paired measurements of each --paired "
     "ratio: both workers started once and kept, measured one right after the other "
     "in the order a b, b a, a b, ...; 0: none.", lower_bound=0)
-_PAIRED = flags.DEFINE_list("paired", ["ours_fused/torch@256", "ours_fused/keras@1"],
+_PAIRED = flags.DEFINE_list("paired", ["ours_fused/torch@256", "ours_fused/keras@1",
+                                       "ours_fused_bf16/torch_bf16@256"],
                             "The decode ratios --pairs measures, as a/b@batch.")
 _WORKER = flags.DEFINE_string("worker", None, "Internal: measure one implementation.")
 _SERVE = flags.DEFINE_bool("serve", False, "Internal: with --worker, set up once, then "
@@ -294,9 +298,12 @@ WORKERS = {"ours": work_ours, "keras": work_keras, "torch": work_torch,
            "ours_signature": functools.partial(work_ours, signature=True),
            "ours_bf16": functools.partial(work_ours, precision="bfloat16"),
            "ours_fused": functools.partial(work_ours, decode_ops="fused"),
-           "torch_bf16": functools.partial(work_torch, bfloat16=True)}
+           "torch_bf16": functools.partial(work_torch, bfloat16=True),
+           "ours_fused_bf16": functools.partial(work_ours, precision="bfloat16",
+                                                decode_ops="fused")}
 # "ours / x" columns for the float32 ones; bfloat16 against its own kind.
-BFLOAT16_RATIOS = (("ours_bf16", "torch_bf16"), ("ours_bf16", "ours"))
+BFLOAT16_RATIOS = (("ours_bf16", "torch_bf16"), ("ours_bf16", "ours"),
+                   ("ours_fused_bf16", "torch_bf16"), ("ours_fused_bf16", "ours_fused"))
 
 
 def worker_args(impl, batch):
@@ -420,12 +427,13 @@ def print_rounds(impls, batches):
     print(f"| {batch} | " + " | ".join(cells) + " |")
   machine.print_memory_table(impls, batches, rss, anon, (
       ("ours", "torch"), ("ours", "keras"), ("ours_fused", "torch"),
-      ("ours_signature", "torch"), ("ours_bf16", "torch_bf16")))
+      ("ours_signature", "torch"), ("ours_bf16", "torch_bf16"),
+      ("ours_fused_bf16", "torch_bf16")))
   if "ours" in impls:
     print("\nours prefill tokens/s with one prompt in every row (the samples of one "
           "prompt share its prefill): " + ", ".join(
               f"batch {b}: {med('ours', b, 'prefill_shared'):,.0f}" for b in batches))
-  for impl in ("ours_fused", "ours_bf16", "torch", "torch_bf16"):
+  for impl in ("ours_fused", "ours_bf16", "ours_fused_bf16", "torch", "torch_bf16"):
     if impl in impls:
       print(f"\n{impl} prefill tokens/s: " + ", ".join(
           f"batch {b}: {med(impl, b, 'prefill'):,.0f}" for b in batches))

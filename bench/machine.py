@@ -47,7 +47,8 @@ def measurable_impls(impls: Iterable[str], *, explicit: bool) -> Tuple[list, str
   fails there ("could not create a primitive descriptor for the LSTM
   forward propagation primitive", oneDNN on an AVX2 CPU, 2026-12-03), and
   the bfloat16 rows are meant for CPUs that have the units. Likewise the
-  fused decode ops' (*_fused) without AVX2 and FMA. An explicit --impls
+  fused decode ops' (*_fused) without AVX2 and FMA, and the fused
+  bfloat16 op's (*_fused_bf16) without AMX. An explicit --impls
   runs what it names."""
   impls = list(impls)
   if explicit:
@@ -56,7 +57,8 @@ def measurable_impls(impls: Iterable[str], *, explicit: bool) -> Tuple[list, str
   notes, left_out = [], []
   for suffix, runs, why in (
       ("_bf16", cpu_has_bfloat16, "this CPU has no bfloat16 matrix units, AMX or AVX512_BF16"),
-      ("_fused", decode_ops.runs_here, "the fused decode ops need AVX2 and FMA")):
+      ("_fused", decode_ops.runs_here, "the fused decode ops need AVX2 and FMA"),
+      ("_fused_bf16", decode_ops.amx_runs_here, "the fused bfloat16 op needs AMX")):
     kind = [i for i in impls if i.endswith(suffix)]
     if kind and not runs():
       left_out += kind

@@ -19,3 +19,13 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> FrozenSet[str]:
   except OSError:
     pass
   return frozenset()
+
+
+# What TextgenLstmLayersBf16 (dataspec/decode_ops.cc) runs on: AMX-BF16
+# with AVX512-BF16 (Intel Xeon Sapphire Rapids or later).
+AMX_BF16_FLAGS = frozenset({"amx_tile", "amx_bf16", "avx512_bf16", "avx512bw", "avx512vl"})
+
+
+def has_amx_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+  """Whether this CPU has AMX_BF16_FLAGS."""
+  return AMX_BF16_FLAGS <= cpu_flags(cpuinfo)

@@ -18,6 +18,11 @@
 //                  are read in place, not gathered first. A position's
 //                  step through every layer as one op (prompt and
 //                  decoding).
+// TextgenLstmLayersBf16  TextgenLstmLayers' inputs and outputs, but each
+//                  layer's packed is bfloat16 as pack_kernel_bf16() lays
+//                  it out: the products on AMX from [x, h] rounded to
+//                  bfloat16, with float32 sums (CPUs with AMX only; see
+//                  LstmLayersBf16Op).
 // TextgenPick      x (rows, depth): the top layer's output, kernel (depth,
 //                  vocab), bias (vocab): the output layer, noise (rows,
 //                  vocab): the position's Gumbel noise, or (n, 0) for
@@ -52,16 +57,20 @@
 // of 512-bit vectors instead, with the same results (WideTile,
 // WidePickTile).
 
+#include <cpuid.h>
 #include <immintrin.h>
 #include <pthread.h>
+#include <sys/syscall.h>
 #include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cerrno>
 #include <condition_variable>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <mutex>
@@ -568,6 +577,25 @@ TEXTGEN_AVX512 void WideTiles(int64_t rows, const float* x, int64_t in, const fl
 #undef TEXTGEN_CASE
 }
 
+// One row's gate math for 16 units from their sums z = [i, f, g, o] (16
+// lanes each, before the addend): the addend's gates at a, a + units, a +
+// 2 units, a + 3 units, the cell state at c; writes h' and c' (the same
+// operations as Cells on each lane).
+TEXTGEN_AVX512 inline void WideGates(const __m512* z, const float* a, int64_t units,
+                                     const float* c, float* h_out, float* c_out) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512 two = _mm512_set1_ps(2.0f);
+  const __m512 i = Logistic16(_mm512_add_ps(z[0], _mm512_loadu_ps(a)));
+  const __m512 f = Logistic16(_mm512_add_ps(z[1], _mm512_loadu_ps(a + units)));
+  const __m512 g2 =
+      Logistic16(_mm512_mul_ps(two, _mm512_add_ps(z[2], _mm512_loadu_ps(a + 2 * units))));
+  const __m512 o = Logistic16(_mm512_add_ps(z[3], _mm512_loadu_ps(a + 3 * units)));
+  const __m512 g = _mm512_sub_ps(_mm512_add_ps(g2, g2), one);
+  const __m512 c_new = _mm512_fmadd_ps(i, g, _mm512_mul_ps(f, _mm512_loadu_ps(c)));
+  _mm512_storeu_ps(c_out, c_new);
+  _mm512_storeu_ps(h_out, _mm512_mul_ps(o, Tanh16(c_new)));
+}
+
 // ---- AVX-512 tiles on gate-major panels ----
 //
 // Where the packed kernel has panels of 16 units (pack_kernel(...,
@@ -630,21 +658,10 @@ TEXTGEN_AVX512 void GateTile(const float* x, int64_t in, const float* h, int64_t
       }
     }
   }
-  const __m512 one = _mm512_set1_ps(1.0f);
-  const __m512 two = _mm512_set1_ps(2.0f);
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
-    const float* a = adds[r] + unit;
-    const __m512 i = Logistic16(_mm512_add_ps(sum[r][0], _mm512_loadu_ps(a)));
-    const __m512 f = Logistic16(_mm512_add_ps(sum[r][1], _mm512_loadu_ps(a + units)));
-    const __m512 g2 =
-        Logistic16(_mm512_mul_ps(two, _mm512_add_ps(sum[r][2], _mm512_loadu_ps(a + 2 * units))));
-    const __m512 o = Logistic16(_mm512_add_ps(sum[r][3], _mm512_loadu_ps(a + 3 * units)));
-    const __m512 g = _mm512_sub_ps(_mm512_add_ps(g2, g2), one);
     const int64_t at = r * units + unit;
-    const __m512 c_new = _mm512_fmadd_ps(i, g, _mm512_mul_ps(f, _mm512_loadu_ps(c + at)));
-    _mm512_storeu_ps(c_out + at, c_new);
-    _mm512_storeu_ps(h_out + at, _mm512_mul_ps(o, Tanh16(c_new)));
+    WideGates(sum[r], adds[r] + unit, units, c + at, h_out + at, c_out + at);
   }
 }
 
@@ -673,34 +690,56 @@ struct Layer {
   // (every tile) or 16 (gate-major, GateTile only)
   const float* packed = nullptr;
   int64_t panel_units = 4;
+  // TextgenLstmLayersBf16's instead: (units / 16, 4, depth / 2, 32)
+  // bfloat16 (see AmxPanel), depth = in + units rounded up to kAmxDepth.
+  const uint16_t* packed_bf16 = nullptr;
+  int64_t depth = 0;
   std::vector<const float*> adds;  // each row's addend (4 units)
   float* h_out = nullptr;  // (rows, units), as c_out
   float* c_out = nullptr;
 };
 
+constexpr int kAmxRows = 16;   // rows per AMX tile
+constexpr int kAmxDepth = 32;  // bfloat16 input columns per AMX tile
+constexpr int kAmxBlockRows = 2 * kAmxRows;  // rows per block of TextgenLstmLayersBf16
+
 // Checks a layer's h, c, packed and addend for `rows` rows and `in` input
 // columns (addend_rows: nullptr or the op's input) and fills `layer` but for
-// x, h_out and c_out.
+// x, h_out and c_out. With `bf16`, packed is TextgenLstmLayersBf16's.
 absl::Status ReadLayer(const Tensor& h, const Tensor& c, const Tensor& packed,
                        const Tensor& addend, const Tensor* addend_rows, int64_t rows,
-                       int64_t in, Layer* layer) {
+                       int64_t in, bool bf16, Layer* layer) {
   if (h.dims() != 2 || c.shape() != h.shape() || h.dim_size(0) != rows) {
     return absl::InvalidArgumentError(absl::StrCat(
         "h and c must be (", rows, ", units) alike, got ", h.shape().DebugString(), " and ",
         c.shape().DebugString()));
   }
   const int64_t units = h.dim_size(1);
-  const int64_t panel_units = packed.dims() == 3 && packed.dim_size(2) == 4 * kGateUnits
+  if (bf16) {
+    const int64_t depth = (in + units + kAmxDepth - 1) / kAmxDepth * kAmxDepth;
+    if (units % kGateUnits != 0 ||
+        packed.shape() != TensorShape({units / kGateUnits, 4, depth / 2, 2 * kGateUnits})) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "packed must be (units / 16, 4, depth / 2, 32) = (", units / kGateUnits, ", 4, ",
+          depth / 2, ", 32) with units a multiple of 16 and depth = in + units = ", in + units,
+          " rounded up to a multiple of 32, got ", packed.shape().DebugString()));
+    }
+    layer->packed_bf16 = reinterpret_cast<const uint16_t*>(packed.tensor_data().data());
+    layer->depth = depth;
+    layer->panel_units = kGateUnits;
+  }
+  const int64_t panel_units = bf16 ? kGateUnits : packed.dims() == 3 && packed.dim_size(2) == 4 * kGateUnits
                                   ? kGateUnits : 4;
-  if (units % panel_units != 0 ||
-      packed.shape() != TensorShape({units / panel_units, in + units, 4 * panel_units})) {
+  if (!bf16 && (units % panel_units != 0 ||
+                packed.shape() != TensorShape({units / panel_units, in + units,
+                                               4 * panel_units}))) {
     return absl::InvalidArgumentError(absl::StrCat(
         "packed must be (units / 4, in + units, 16) = (", units / 4, ", ", in + units,
         ", 16) with units a multiple of 4, or (units / 16, in + units, 64) with units a "
         "multiple of 16, got ", packed.shape().DebugString()));
   }
   const int alignment = panel_units == kGateUnits ? 64 : 32;
-  if (reinterpret_cast<uintptr_t>(packed.flat<float>().data()) % alignment != 0) {
+  if (reinterpret_cast<uintptr_t>(packed.tensor_data().data()) % alignment != 0) {
     return absl::InvalidArgumentError(absl::StrCat("packed is not ", alignment,
                                                    "-byte aligned"));
   }
@@ -740,7 +779,7 @@ absl::Status ReadLayer(const Tensor& h, const Tensor& c, const Tensor& packed,
   layer->h = h.flat<float>().data();
   layer->c = c.flat<float>().data();
   layer->units = units;
-  layer->packed = packed.flat<float>().data();
+  if (!bf16) layer->packed = packed.flat<float>().data();
   layer->panel_units = panel_units;
   return absl::OkStatus();
 }
@@ -837,7 +876,7 @@ absl::Status ReadLayers(OpKernelContext* ctx, const Tensor& x, const Tensor& add
                         const std::vector<const Tensor*>& h,
                         const std::vector<const Tensor*>& c,
                         const std::vector<const Tensor*>& packed,
-                        const std::vector<const Tensor*>& addends,
+                        const std::vector<const Tensor*>& addends, bool bf16,
                         std::vector<Layer>* layers) {
   const int n = h.size();
   auto where = [](int i) { return absl::StrCat("layer ", i, ": "); };
@@ -854,7 +893,7 @@ absl::Status ReadLayers(OpKernelContext* ctx, const Tensor& x, const Tensor& add
   for (int i = 0; i < n; ++i) {
     const absl::Status read =
         ReadLayer(*h[i], *c[i], *packed[i], *addends[i], i == 0 ? &addend_rows : nullptr, rows,
-                  i == 0 ? x.dim_size(1) : (*layers)[i - 1].units, &(*layers)[i]);
+                  i == 0 ? x.dim_size(1) : (*layers)[i - 1].units, bf16, &(*layers)[i]);
     if (!read.ok()) return absl::InvalidArgumentError(absl::StrCat(where(i), read.message()));
   }
   for (int i = 0; i < n; ++i) {
@@ -969,7 +1008,7 @@ class LstmLayersOp : public OpKernel {
     }
     std::vector<Layer> layers;
     OP_REQUIRES_OK(ctx, ReadLayers(ctx, ctx->input(0), ctx->input(1), lists[0], lists[1],
-                                   lists[2], lists[3], &layers));
+                                   lists[2], lists[3], /*bf16=*/false, &layers));
     for (size_t i = 0; i < layers.size(); ++i) {
       OP_REQUIRES(ctx, wide_ || layers[i].panel_units == 4,
                   absl::InvalidArgumentError(absl::StrCat(
@@ -1012,6 +1051,257 @@ class LstmLayersOp : public OpKernel {
 
 REGISTER_KERNEL_BUILDER(Name("TextgenLstmLayers").Device(::tensorflow::DEVICE_CPU),
                         LstmLayersOp);
+
+// ---- TextgenLstmLayersBf16: the layers' products on AMX ----------------------
+//
+// --precision=bfloat16 with --decode_ops=fused, on CPUs with AMX (Intel
+// Sapphire Rapids on): the same step as TextgenLstmLayers, but [x, h] and
+// the weights are rounded to bfloat16 (to nearest even) and the products
+// run on the AMX tile unit, each 16 x 16 block of sums in float32 (TDPBF16PS:
+// the products of bfloat16 pairs are exact in float32). The addend, the
+// gate math and the state stay float32 (WideGates). A sum's order depends
+// only on its row's own inputs, never on the other rows or the split, so a
+// row's result is the same whatever the batch.
+//
+// A layer's weights are half the float32 bytes (the reference model's 1.5
+// MB fit each core's 2 MB L2 on the Xeon VM), so the step is split by rows:
+// blocks of kAmxRows rows, each through every layer on the thread that
+// took it; below two blocks, each layer by its panels.
+#define TEXTGEN_AMX \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16")))
+
+// Whether this process may run AMX-BF16 (with AVX512-BF16 for the
+// rounding): the CPU has it and Linux gave the process the tile state
+// (arch_prctl ARCH_REQ_XCOMP_PERM, asked once).
+absl::Status AmxReady() {
+  static const absl::Status* status = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    __builtin_cpu_init();
+    const bool amx = __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d & (1u << 22)) &&
+                     (d & (1u << 24));  // AMX-BF16, AMX-TILE
+    const bool bf16 = __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 5));
+    if (!amx || !bf16 || !__builtin_cpu_supports("avx512bw") ||
+        !__builtin_cpu_supports("avx512vl")) {
+      return new absl::Status(absl::FailedPreconditionError(
+          "TextgenLstmLayersBf16 needs a CPU with AMX-BF16 and AVX512-BF16 (Intel Xeon "
+          "Sapphire Rapids or later); this one has not"));
+    }
+    constexpr long kReqXcompPerm = 0x1023, kXtileData = 18;
+    if (syscall(SYS_arch_prctl, kReqXcompPerm, kXtileData) != 0) {
+      return new absl::Status(absl::FailedPreconditionError(absl::StrCat(
+          "the OS does not let this process use AMX (arch_prctl ARCH_REQ_XCOMP_PERM: ",
+          std::strerror(errno), "; Linux 5.16 or later gives it)")));
+    }
+    return new absl::Status();
+  }();
+  return *status;
+}
+
+// The tile configuration of every call: tiles 0-3 a block's sums (16 rows
+// x 16 float32), 4 its rows of [x, h] (16 x 32 bfloat16), 5-7 the weights
+// (16 pairs of input columns x 16 columns). Palette 1's layout.
+struct AmxConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t bytes[16] = {};
+  uint8_t rows[16] = {};
+};
+
+TEXTGEN_AMX void AmxStart() {
+  AmxConfig config;
+  for (int t = 0; t < 8; ++t) {
+    config.rows[t] = kAmxRows;
+    config.bytes[t] = 64;
+  }
+  _tile_loadconfig(&config);
+}
+
+// count floats at src as bfloat16 (nearest even) at dst.
+TEXTGEN_AMX inline void ToBf16(const float* src, int64_t count, uint16_t* dst) {
+  for (int64_t j = 0; j < count; j += 16) {
+    const __mmask16 mask =
+        count - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (count - j)) - 1);
+    const __m256bh b = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, src + j));
+    _mm256_mask_storeu_epi16(dst + j, mask, reinterpret_cast<__m256i>(b));
+  }
+}
+
+// a (rows, depth) bfloat16 for rows = n rounded up to a multiple of
+// kAmxRows: rows [x, h, 0...] of n rows, then zero rows.
+TEXTGEN_AMX void AmxRows(const Layer& l, int64_t row, int64_t n, uint16_t* a) {
+  for (int64_t r = 0; r < (n + kAmxRows - 1) / kAmxRows * kAmxRows; ++r) {
+    uint16_t* out = a + r * l.depth;
+    if (r >= n) {
+      std::memset(out, 0, l.depth * sizeof(uint16_t));
+      continue;
+    }
+    ToBf16(l.x + (row + r) * l.in, l.in, out);
+    ToBf16(l.h + (row + r) * l.units, l.units, out + l.in);
+    std::memset(out + l.in + l.units, 0, (l.depth - l.in - l.units) * sizeof(uint16_t));
+  }
+}
+
+// Each row's gate math for the n rows from `row` (n <= kAmxRows) of the 16
+// units from `unit` of a layer, from sums (4 gates x kAmxRows rows x 16
+// units).
+TEXTGEN_AMX void AmxGates(const Layer& l, int64_t row, int64_t n, int64_t unit,
+                          const float (*sums)[kAmxRows][kGateUnits]) {
+  for (int64_t r = 0; r < n; ++r) {
+    const __m512 z[4] = {_mm512_load_ps(sums[0][r]), _mm512_load_ps(sums[1][r]),
+                         _mm512_load_ps(sums[2][r]), _mm512_load_ps(sums[3][r])};
+    const int64_t at = (row + r) * l.units + unit;
+    WideGates(z, l.adds[row + r] + unit, l.units, l.c + at, l.h_out + at, l.c_out + at);
+  }
+}
+
+// Panels [begin, end) of a layer for the n rows (n <= 2 kAmxRows) from
+// `row` whose [x, h] are in a (AmxRows): per panel (16 units), the four
+// gates' sums as tiles over the input columns, 32 at a time, stored to
+// `sums`, then each row's gate math. The packed panel p is, per gate,
+// depth / 2 rows of 16 column pairs: row k holds input columns 2 k and
+// 2 k + 1 of each of the 16 units' columns (TDPBF16PS's layout). Up to 16
+// rows: one tile of rows by the four gates; more: two tiles of rows by
+// two gates at a time, so that each weight tile loaded serves 32 rows (the
+// weights come from L2, the rows from L1). Either way each sum runs over
+// the input columns in the same order.
+TEXTGEN_AMX void AmxPanels(const Layer& l, int64_t row, int64_t n, const uint16_t* a,
+                           int64_t begin, int64_t end) {
+  alignas(64) float sums[2][4][kAmxRows][kGateUnits];
+  const int64_t gate = l.depth / 2 * 2 * kGateUnits;  // bfloat16s per gate
+  const int64_t stride = l.depth * sizeof(uint16_t);
+  for (int64_t p = begin; p < end; ++p) {
+    const uint16_t* panel = l.packed_bf16 + p * 4 * gate;
+    if (n <= kAmxRows) {
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      for (int64_t k = 0; k < l.depth; k += kAmxDepth) {
+        const uint16_t* w = panel + k * kGateUnits;
+        _tile_loadd(4, a + k, stride);
+        _tile_loadd(5, w, 64);
+        _tile_loadd(6, w + gate, 64);
+        _tile_loadd(7, w + 2 * gate, 64);
+        _tile_dpbf16ps(0, 4, 5);
+        _tile_dpbf16ps(1, 4, 6);
+        _tile_dpbf16ps(2, 4, 7);
+        _tile_loadd(5, w + 3 * gate, 64);
+        _tile_dpbf16ps(3, 4, 5);
+      }
+      _tile_stored(0, sums[0][0], 64);
+      _tile_stored(1, sums[0][1], 64);
+      _tile_stored(2, sums[0][2], 64);
+      _tile_stored(3, sums[0][3], 64);
+      AmxGates(l, row, n, kGateUnits * p, sums[0]);
+      continue;
+    }
+    const uint16_t* a2 = a + kAmxRows * l.depth;
+    for (int g = 0; g < 4; g += 2) {
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      for (int64_t k = 0; k < l.depth; k += kAmxDepth) {
+        const uint16_t* w = panel + g * gate + k * kGateUnits;
+        _tile_loadd(4, a + k, stride);
+        _tile_loadd(6, w, 64);
+        _tile_loadd(7, w + gate, 64);
+        _tile_loadd(5, a2 + k, stride);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+      }
+      _tile_stored(0, sums[0][g], 64);
+      _tile_stored(1, sums[0][g + 1], 64);
+      _tile_stored(2, sums[1][g], 64);
+      _tile_stored(3, sums[1][g + 1], 64);
+    }
+    AmxGates(l, row, kAmxRows, kGateUnits * p, sums[0]);
+    AmxGates(l, row + kAmxRows, n - kAmxRows, kGateUnits * p, sums[1]);
+  }
+}
+
+// Rows [row_begin, row_end) of `rows`, kAmxBlockRows at a time, each block
+// through every layer of `layers` (panels [begin, end) of each; end -1:
+// all); depth: the layers' largest. Configures this thread's tiles and
+// releases them after.
+TEXTGEN_AMX void AmxBlocks(const std::vector<Layer>& layers, int64_t rows, int64_t row_begin,
+                           int64_t row_end, int64_t begin, int64_t end, int64_t depth) {
+  std::vector<uint16_t> a(kAmxBlockRows * depth);
+  AmxStart();
+  for (int64_t row = row_begin; row < std::min(row_end, rows); row += kAmxBlockRows) {
+    const int64_t n = std::min<int64_t>(kAmxBlockRows, rows - row);
+    for (const Layer& layer : layers) {
+      AmxRows(layer, row, n, a.data());
+      AmxPanels(layer, row, n, a.data(), begin, end < 0 ? layer.units / kGateUnits : end);
+    }
+  }
+  _tile_release();
+}
+
+REGISTER_OP("TextgenLstmLayersBf16")
+    .Input("x: float")
+    .Input("addend_rows: int32")
+    .Input("h: N * float")
+    .Input("c: N * float")
+    .Input("packed: N * bfloat16")
+    .Input("addends: N * float")
+    .Output("h_out: N * float")
+    .Output("c_out: N * float")
+    .Attr("N: int >= 1")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
+      std::vector<::tensorflow::shape_inference::ShapeHandle> h;
+      TF_RETURN_IF_ERROR(c->input("h", &h));
+      TF_RETURN_IF_ERROR(c->set_output("h_out", h));
+      return c->set_output("c_out", h);
+    });
+
+// TextgenLstmLayers with bfloat16 products on AMX (see above); packed per
+// layer as decode_ops.pack_kernel_bf16 lays it out.
+class LstmLayersBf16Op : public OpKernel {
+ public:
+  explicit LstmLayersBf16Op(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, AmxReady());
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    std::vector<const Tensor*> lists[4];  // h, c, packed, addends
+    const char* names[4] = {"h", "c", "packed", "addends"};
+    for (int k = 0; k < 4; ++k) {
+      OpInputList list;
+      OP_REQUIRES_OK(ctx, ctx->input_list(names[k], &list));
+      for (const Tensor& t : list) lists[k].push_back(&t);
+    }
+    std::vector<Layer> layers;
+    OP_REQUIRES_OK(ctx, ReadLayers(ctx, ctx->input(0), ctx->input(1), lists[0], lists[1],
+                                   lists[2], lists[3], /*bf16=*/true, &layers));
+    const int64_t rows = lists[0][0]->dim_size(0);
+    if (rows == 0) return;
+    int64_t depth = 0;
+    for (const Layer& layer : layers) depth = std::max(depth, layer.depth);
+    auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+    const int threads = pool->NumThreads();
+    const int64_t blocks = (rows + kAmxBlockRows - 1) / kAmxBlockRows;
+    if (threads > 1 && blocks >= 2) {
+      RunBlocks(pool, blocks, 1, [&](int64_t begin, int64_t end) {
+        AmxBlocks(layers, rows, begin * kAmxBlockRows, end * kAmxBlockRows, 0, -1, depth);
+      });
+      return;
+    }
+    for (const Layer& layer : layers) {
+      const int64_t panels = layer.units / kGateUnits;
+      RunBlocks(pool, panels, (panels + threads - 1) / threads,
+                [&](int64_t begin, int64_t end) {
+                  AmxBlocks({layer}, rows, 0, rows, begin, end, depth);
+                });
+    }
+  }
+};
+
+REGISTER_KERNEL_BUILDER(Name("TextgenLstmLayersBf16").Device(::tensorflow::DEVICE_CPU),
+                        LstmLayersBf16Op);
 
 
 // ---- TextgenPick: the output layer and the token choice ----------------------

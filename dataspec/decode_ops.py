@@ -11,7 +11,9 @@ decode_ops="fused"), two libraries:
     the greedy or sampled choice of the next token (argmax of logits /
     temperature + noise) as one op; built for AVX2 + FMA (x86-64-v3), with
     both ops' tiles also in AVX-512, which they run where the CPU has it
-    (the same bits; their `vectors` attribute picks);
+    (the same bits; their `vectors` attribute picks); and
+    TextgenLstmLayersBf16: TextgenLstmLayers with bfloat16 products on AMX
+    (--precision=bfloat16; CPUs with AMX only: amx_runs_here());
   - `decode_noise.cc`, TextgenGumbelNoise: sampling's noise, bit for bit
     serving.gumbel_noise's; built for AVX2 without FMA (TensorFlow's own
     kernels are built without FMA too), with the same operations on 16
@@ -29,7 +31,7 @@ from absl import logging
 import tensorflow as tf
 
 from dataspec import native_ops
-from dataspec.cpuinfo import cpu_flags
+from dataspec.cpuinfo import cpu_flags, has_amx_bf16
 
 _DIR = os.path.dirname(os.path.abspath(__file__))
 VARIANT = "x86-64-v3"  # the CPUs both libraries run on
@@ -42,6 +44,7 @@ GATE_PANEL_UNITS = 16  # units per gate-major panel (AVX-512 CPUs; 64 columns)
 
 class Ops(NamedTuple):
   lstm_layers: object  # TextgenLstmLayers' Python function
+  lstm_layers_bf16: object  # TextgenLstmLayersBf16's (AMX CPUs only)
   pick: object  # TextgenPick's
   gumbel_noise: object  # TextgenGumbelNoise's
 
@@ -105,8 +108,20 @@ def load() -> Optional[Ops]:
       return None
     modules.append(module)
     logging.info("Fused decode ops: %s", path)
-  return Ops(lstm_layers=modules[0].textgen_lstm_layers, pick=modules[0].textgen_pick,
+  return Ops(lstm_layers=modules[0].textgen_lstm_layers,
+             lstm_layers_bf16=modules[0].textgen_lstm_layers_bf16, pick=modules[0].textgen_pick,
              gumbel_noise=modules[1].textgen_gumbel_noise)
+
+
+AMX_DEPTH = 32  # input columns per AMX tile: pack_kernel_bf16 pads to a multiple
+
+
+def amx_runs_here() -> bool:
+  """Whether this CPU has what TextgenLstmLayersBf16 runs on (AMX-BF16 and
+  AVX512-BF16: Intel Xeon Sapphire Rapids or later). The op also needs
+  Linux to give the process AMX's tile state (5.16 or later) and says so
+  when it does not."""
+  return runs_here() and has_amx_bf16()
 
 
 def packable(units: int) -> bool:
@@ -145,6 +160,25 @@ def pack_kernel(kernel: Optional[tf.Tensor], recurrent_kernel: tf.Tensor, *,
   by_gate = tf.reshape(stacked, [depth, 4, units // panel_units, panel_units])
   return tf.reshape(tf.transpose(by_gate, [2, 0, 1, 3]),
                     [units // panel_units, depth, 4 * panel_units])
+
+
+def pack_kernel_bf16(kernel: Optional[tf.Tensor], recurrent_kernel: tf.Tensor) -> tf.Tensor:
+  """[kernel; recurrent_kernel] (in + units, 4 units; Keras's gate order)
+  as TextgenLstmLayersBf16 reads it: rounded to bfloat16 (nearest even),
+  the input rows padded with zeros to depth = a multiple of AMX_DEPTH, as
+  (units / 16, 4, depth / 2, 32): panel p, gate g, row k holds input rows
+  2 k and 2 k + 1 of the columns of units 16 p..16 p + 15 of gate g,
+  interleaved (column j's two values at 2 j, 2 j + 1: AMX's pairs).
+  kernel None: as in pack_kernel."""
+  stacked = recurrent_kernel if kernel is None else tf.concat([kernel, recurrent_kernel], 0)
+  depth, units = stacked.shape[0], stacked.shape[1] // 4
+  if units <= 0 or units % GATE_PANEL_UNITS:
+    raise ValueError(f"units must be a positive multiple of {GATE_PANEL_UNITS}, got {units}")
+  padded = -(-depth // AMX_DEPTH) * AMX_DEPTH
+  stacked = tf.pad(tf.cast(stacked, tf.bfloat16), [[0, padded - depth], [0, 0]])
+  pairs = tf.reshape(stacked, [padded // 2, 2, 4, units // GATE_PANEL_UNITS, GATE_PANEL_UNITS])
+  return tf.reshape(tf.transpose(pairs, [3, 2, 0, 4, 1]),
+                    [units // GATE_PANEL_UNITS, 4, padded // 2, 2 * GATE_PANEL_UNITS])
 
 
 if __name__ == "__main__":

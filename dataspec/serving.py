@@ -255,12 +255,18 @@ class LanguageModel(tf.Module):
       that layer with the greedy or sampled choice as one op, TextgenPick.
       The states then differ from the SavedModel's by float rounding, so a
       sample can differ where two tokens' noisy scores are that close;
-      textgen-generate records it. Such a model cannot be saved.
+      textgen-generate records it. Such a model cannot be saved. With
+      bfloat16 (CPUs with AMX only): the layers' step is
+      TextgenLstmLayersBf16, whose products run on AMX from bfloat16 [x, h]
+      and weights with float32 sums (TensorFlow's bfloat16 matmul rounds
+      its sums to bfloat16); TextgenPick's products are float32, of the
+      bfloat16 output weights.
 
   Raises:
-    ValueError: an unknown precision or decode_ops; "fused" with bfloat16,
-      with units not a multiple of 4, or where the op cannot load (not an
-      AVX2 x86-64 CPU, not built).
+    ValueError: an unknown precision or decode_ops; "fused" with units not
+      a multiple of 4 (16 with bfloat16), with bfloat16 on a CPU without
+      AMX, or where the op cannot load (not an AVX2 x86-64 CPU, not
+      built).
   """
 
   def __init__(self, spec: export_lib.ModelSpec, weights: Dict[str, np.ndarray],
@@ -277,17 +283,21 @@ class LanguageModel(tf.Module):
     self.decode_ops = decode_ops
     self._layers_op = self._noise_op = self._pick_op = None
     if decode_ops == "fused":
-      if precision != "float32":
-        raise ValueError(f"decode_ops='fused' runs float32 products, not {precision}")
-      if not decode_ops_lib.packable(spec.units):
-        raise ValueError(f"decode_ops='fused' needs units a multiple of "
-                         f"{decode_ops_lib.PANEL_UNITS}; this model has {spec.units}")
+      bf16 = precision == "bfloat16"
+      if bf16 and not decode_ops_lib.amx_runs_here():
+        raise ValueError("decode_ops='fused' with precision='bfloat16' runs its products on "
+                         "AMX, which this CPU has not (Intel Xeon Sapphire Rapids or later)")
+      multiple = decode_ops_lib.GATE_PANEL_UNITS if bf16 else decode_ops_lib.PANEL_UNITS
+      if spec.units % multiple:
+        raise ValueError(f"decode_ops='fused' needs units a multiple of {multiple}"
+                         f"{' with bfloat16' if bf16 else ''}; this model has {spec.units}")
       ops = decode_ops_lib.load()
       if ops is None:
         raise ValueError("decode_ops='fused': the op does not run here (an x86-64 CPU "
                          "with AVX2 and FMA, built by `python -m dataspec.decode_ops`; "
                          "the log says which is missing)")
-      self._layers_op, self._noise_op = ops.lstm_layers, ops.gumbel_noise
+      self._layers_op = ops.lstm_layers_bf16 if bf16 else ops.lstm_layers
+      self._noise_op = ops.gumbel_noise
       self._panel_units = decode_ops_lib.panel_units(spec.units)
       if not spec.projection_dim and spec.units * spec.vocab_size <= PICK_MAX_FLOATS:
         self._pick_op = ops.pick
@@ -342,12 +352,19 @@ class LanguageModel(tf.Module):
     """The weights as tensors (see _Weights); call once per traced function."""
     read = tf.convert_to_tensor
     packed = None
+    output_kernel = read(self._output_kernel)
     if self._layers_op is not None:
       table = self._input_table is not None
-      packed = tuple(
-          decode_ops_lib.pack_kernel(None if layer == 0 and table else read(self._kernels[layer]),
-                                     read(recurrent), panel_units=self._panel_units)
-          for layer, recurrent in enumerate(self._recurrent_kernels))
+      if self._output_kernel.dtype == tf.bfloat16:  # TextgenLstmLayersBf16 (AMX)
+        pack = decode_ops_lib.pack_kernel_bf16
+        kernels, recurrent_kernels = self.lstm_kernels, self.lstm_recurrent_kernels
+        if self._pick_op is not None:  # its products are float32: of the bfloat16 weights
+          output_kernel = tf.cast(output_kernel, tf.float32)
+      else:
+        pack = functools.partial(decode_ops_lib.pack_kernel, panel_units=self._panel_units)
+        kernels, recurrent_kernels = self._kernels, self._recurrent_kernels
+      packed = tuple(pack(None if layer == 0 and table else read(kernels[layer]), read(recurrent))
+                     for layer, recurrent in enumerate(recurrent_kernels))
     return _Weights(
         packed=packed,
         embedding=read(self.embedding),
@@ -357,7 +374,7 @@ class LanguageModel(tf.Module):
         biases=tuple(read(b) for b in self.lstm_biases),
         projection=((read(self._projection_kernel), read(self.projection[1]))
                     if self.projection else None),
-        output_kernel=read(self._output_kernel), output_bias=read(self.output_bias))
+        output_kernel=output_kernel, output_bias=read(self.output_bias))
 
   def _logits(self, x, w):
     """Top LSTM output (..., units) -> logits (..., vocab); w: _Weights."""

@@ -4,6 +4,7 @@ import dataclasses
 from typing import Optional, Tuple
 
 from dataspec import textfiles
+from dataspec.cpuinfo import has_amx_bf16
 
 
 # dataspec.serving.PRECISIONS and DECODE_OPS (this module does not import
@@ -42,10 +43,11 @@ class GenerateConfig:
       a step through every LSTM layer as one compiled CPU op, and for char and byte
       models the output layer with the choice of the token as another
       (dataspec/decode_ops.cc; x86-64 with AVX2, 512-bit tiles on AVX-512
-      CPUs with the same results; float32), faster; the text equals the
+      CPUs with the same results), faster; the text equals the
       SavedModel's up to float rounding (a sample can differ where two
-      tokens' noisy scores are within about 1e-6). Recorded in every
-      sample's settings.
+      tokens' noisy scores are within about 1e-6). With bfloat16 (CPUs with
+      AMX only) the layers' products run on AMX with float32 sums.
+      Recorded in every sample's settings.
   """
   model_dir: str
   output: str
@@ -91,9 +93,10 @@ class GenerateConfig:
     if self.decode_ops not in DECODE_OPS:
       raise ValueError(f"Unrecognized --decode_ops: {self.decode_ops!r} (choose from "
                        f"{', '.join(DECODE_OPS)})")
-    if self.decode_ops == "fused" and self.precision != "float32":
-      raise ValueError(f"--decode_ops=fused runs float32 products; it does not go with "
-                       f"--precision={self.precision}")
+    if self.decode_ops == "fused" and self.precision == "bfloat16" and not has_amx_bf16():
+      raise ValueError("--decode_ops=fused with --precision=bfloat16 runs its products on "
+                       "AMX, which this CPU has not (Intel Xeon Sapphire Rapids or later); "
+                       "use --precision=float32 with it")
     if not 0 <= self.shard_index < self.num_shards:
       raise ValueError(f"--shard_index={self.shard_index} is not in [0, "
                        f"--num_shards={self.num_shards})")

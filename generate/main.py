@@ -43,13 +43,14 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Redo a complete output.", fl
 _PRECISION = flags.DEFINE_enum(
     "precision", "float32", config_lib.PRECISIONS,
     "bfloat16: matrix products in bfloat16 (CPUs with AMX/AVX512_BF16: faster at "
-    "large batches); other text than float32's, the SavedModel's.", flag_values=FLAGS)
+    "large batches; with --decode_ops=fused, AMX only); other text than float32's, the "
+    "SavedModel's.", flag_values=FLAGS)
 
 _DECODE_OPS = flags.DEFINE_enum(
     "decode_ops", "tensorflow", config_lib.DECODE_OPS,
     "fused: a step through every LSTM layer as one compiled CPU op, and the output layer with "
     "the choice of the token as another for char and byte models (x86-64 with AVX2, "
-    "512-bit tiles where the CPU has AVX-512; float32; "
+    "512-bit tiles where the CPU has AVX-512; bfloat16 products on AMX; "
     "`python -m dataspec.decode_ops` builds them), faster, with one TensorFlow inter-op "
     "thread; the text equals the SavedModel's up to float rounding.", flag_values=FLAGS)
 

@@ -95,3 +95,22 @@ def test_cpu_seconds_counts_this_process_and_is_zero_for_no_process():
     pass
   assert machine.cpu_seconds(os.getpid()) - before >= 0.15
   assert machine.cpu_seconds(2**22 + 12345) == 0.0  # above pid_max's default
+
+
+@pytest.mark.parametrize("bf16,fused,amx,left_out", [
+    (True, True, True, []),
+    (True, True, False, ["ours_fused_bf16"]),  # AVX512_BF16 without AMX
+    (False, True, False, ["ours_bf16", "ours_fused_bf16"]),
+    (False, False, False, ["ours_fused", "ours_bf16", "ours_fused_bf16"]),
+])
+def test_measurable_impls_leave_out_what_this_cpu_cannot_run(monkeypatch, bf16, fused, amx,
+                                                            left_out):
+  from dataspec import decode_ops  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(machine, "cpu_has_bfloat16", lambda: bf16)
+  monkeypatch.setattr(decode_ops, "runs_here", lambda: fused)
+  monkeypatch.setattr(decode_ops, "amx_runs_here", lambda: amx)
+  impls = ["ours", "ours_fused", "ours_bf16", "ours_fused_bf16", "torch"]
+  kept, note = machine.measurable_impls(impls, explicit=False)
+  assert kept == [i for i in impls if i not in left_out]
+  assert all(i in note for i in left_out) and (note == "") == (not left_out)
+  assert machine.measurable_impls(impls, explicit=True) == (impls, "")

@@ -537,7 +537,95 @@ def test_avx512_pick_has_the_avx2_picks_tokens(rows, depth, vocab):
       assert not np.isin(avx2, [19, vocab - 1]).any()
 
 
-def _model(decode_ops_value, *, units=32, embedding=16, layers=2, seed=0):
+needs_amx = pytest.mark.skipif(not decode_ops.amx_runs_here(),
+                               reason="TextgenLstmLayersBf16 needs a CPU with AMX-BF16")
+
+
+def _bf16(t):
+  """t rounded to bfloat16 (nearest even), as float64."""
+  return tf.cast(tf.cast(t, tf.bfloat16), tf.float64).numpy()
+
+
+def test_pack_kernel_bf16_pairs_input_rows_for_amx():
+  """Panel p, gate g, row k holds input rows 2 k and 2 k + 1 of units 16 p..
+  16 p + 15 of gate g, interleaved, rounded to bfloat16; rows past the
+  input's padded to a multiple of 32 with zeros."""
+  rng = np.random.default_rng(4)
+  kernel, recurrent = rng.normal(size=(5, 128)), rng.normal(size=(32, 128))
+  packed = decode_ops.pack_kernel_bf16(tf.constant(kernel, tf.float32),
+                                       tf.constant(recurrent, tf.float32))
+  assert packed.dtype == tf.bfloat16 and packed.shape == (2, 4, 32, 32)
+  stacked = _bf16(np.concatenate([kernel, recurrent]).astype(np.float32))
+  got = tf.cast(packed, tf.float64).numpy()
+  for p, g, k, j, e in [(0, 0, 0, 0, 0), (1, 2, 3, 15, 1), (0, 3, 18, 7, 0), (1, 1, 18, 2, 0)]:
+    assert got[p, g, k, 2 * j + e] == stacked[2 * k + e, g * 32 + 16 * p + j]
+  assert not got[:, :, 19:].any() and not got[:, :, 18, 1::2].any()  # rows 37.. are padding
+  with pytest.raises(ValueError, match="multiple of 16"):
+    decode_ops.pack_kernel_bf16(None, tf.zeros([8, 32]))
+
+
+def _stack_bf16(rng, rows, in_dim, units_list, table):
+  args, kernels = _stack(rng, rows, in_dim, units_list, table)
+  args["packed"] = [decode_ops.pack_kernel_bf16(*k) for k in kernels]
+  return args, kernels
+
+
+@needs_amx
+@pytest.mark.parametrize("rows", [1, 5, 16, 17, 40, 256])
+@pytest.mark.parametrize("units_list,table", [
+    ((16,), True), ((16, 32), False), ((48, 16, 32), True)])
+def test_bf16_layers_op_runs_bfloat16_products_with_float32_sums(rows, units_list, table):
+  """TextgenLstmLayersBf16: each layer's z is [x, h] @ [kernel; recurrent
+  kernel], both rounded to bfloat16, summed in float32, plus the addend;
+  then the same gate math as float32's. Against float64 sums of the same
+  bfloat16 values (each layer's input: the op's h' below), and a row's
+  result, bits included, does not depend on the rows beside it (the op on
+  16 rows at a time, where it splits by panels instead of by rows)."""
+  rng = np.random.default_rng(rows + len(units_list))
+  args, kernels = _stack_bf16(rng, rows, 5, units_list, table)
+  h_out, c_out = _ops().lstm_layers_bf16(**args)
+  x = args["x"].numpy()
+  for layer, (kernel, recurrent) in enumerate(kernels):
+    xh = args["h"][layer].numpy() if kernel is None else np.concatenate(
+        [x, args["h"][layer].numpy()], 1)
+    stacked = recurrent if kernel is None else tf.concat([kernel, recurrent], 0)
+    addend = args["addends"][layer].numpy()
+    if layer == 0 and table:
+      addend = addend[args["addend_rows"].numpy()]
+    z = _bf16(xh) @ _bf16(stacked) + addend
+    i, f, g, o = np.split(z, 4, axis=1)
+    sig = lambda v: 1 / (1 + np.exp(-v))
+    c = sig(f) * args["c"][layer].numpy() + sig(i) * np.tanh(g)
+    np.testing.assert_allclose(c_out[layer].numpy(), c, rtol=0, atol=2e-6)
+    np.testing.assert_allclose(h_out[layer].numpy(), sig(o) * np.tanh(c), rtol=0, atol=2e-6)
+    x = h_out[layer].numpy()
+  for start in range(0, rows, 16):
+    part = lambda t, start=start: t[start:start + 16]
+    some = dict(args, h=[part(t) for t in args["h"]], c=[part(t) for t in args["c"]],
+                x=args["x"] if table else part(args["x"]),
+                addend_rows=part(args["addend_rows"]) if table else NO_ROWS)
+    h_some, c_some = _ops().lstm_layers_bf16(**some)
+    for layer in range(len(units_list)):
+      np.testing.assert_array_equal(h_some[layer].numpy(), part(h_out[layer]).numpy())
+      np.testing.assert_array_equal(c_some[layer].numpy(), part(c_out[layer]).numpy())
+
+
+@needs_amx
+def test_bf16_layers_op_rejects_a_bad_layer_and_names_it():
+  ops = _ops()
+  args, kernels = _stack_bf16(np.random.default_rng(2), 4, 5, (16, 32), table=True)
+  call = lambda **kw: ops.lstm_layers_bf16(**dict(args, **kw))
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=r"layer 1: packed must be \(units / 16, 4, depth / 2, 32\) = "
+                           r"\(2, 4, 32, 32\)"):
+    call(packed=[args["packed"][0], args["packed"][0]])
+  with pytest.raises(tf.errors.InvalidArgumentError, match="layer 1: h and c must be"):
+    call(c=[args["c"][0], args["c"][0]])
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r"layer 0: addend_rows\[0\]"):
+    call(addend_rows=tf.constant([9, 0, 0, 0]))
+
+
+def _model(decode_ops_value, *, units=32, embedding=16, layers=2, seed=0, precision="float32"):
   vocab = list(tokenizer_lib.RESERVED_TOKENS) + list("abcdefgh ")
   spec = export_lib.ModelSpec(vocab_size=len(vocab), embedding_dim=embedding, units=units,
                               num_layers=layers, window_length=16)
@@ -545,7 +633,7 @@ def _model(decode_ops_value, *, units=32, embedding=16, layers=2, seed=0):
   weights = {name: rng.normal(0, 0.4, shape).astype(np.float32)
              for name, shape in export_lib.weight_shapes(spec).items()}
   return serving.LanguageModel(spec, weights, tokenizer_lib.TokenizerSpec(type="char"),
-                               vocab, decode_ops=decode_ops_value)
+                               vocab, decode_ops=decode_ops_value, precision=precision)
 
 
 SETTINGS = [  # (greedy, top_k, top_p, stop): each of the four decoding loops
@@ -615,6 +703,53 @@ def test_fused_prompt_leaves_the_states_of_decoding_it_token_by_token(input_tabl
   scores = [model.score(texts) for model in models]
   for key in scores[0]:
     np.testing.assert_allclose(scores[1][key].numpy(), scores[0][key].numpy(), rtol=1e-5)
+
+
+@needs_amx
+@pytest.mark.parametrize("input_table", [True, False])
+def test_fused_bf16_prompt_leaves_the_states_of_decoding_and_near_float32s(input_table,
+                                                                          monkeypatch):
+  """LanguageModel(decode_ops="fused", precision="bfloat16"): the layers op
+  on AMX. Its prompt's states are, bit for bit, those of stepping each
+  row's tokens one at a time; they are float32's within bfloat16's
+  rounding; its samples do not depend on the batch."""
+  if not input_table:
+    monkeypatch.setattr(serving, "INPUT_TABLE_MAX_FLOATS", 0)
+  lm = _model("fused", precision="bfloat16")
+  assert lm._layers_op is _ops().lstm_layers_bf16  # pylint: disable=protected-access
+  w = lm._read_weights()  # pylint: disable=protected-access
+  assert w.output_kernel.dtype == tf.float32  # TextgenPick's, of the bfloat16 weights
+  lengths = [40, 3, 33]
+  ids = tf.constant(np.random.default_rng(5).integers(3, 12, (3, 40)), tf.int32)
+  head, h, c = lm._prefill(ids, tf.constant(lengths), w)  # pylint: disable=protected-access
+  for row, n in enumerate(lengths):
+    zero = tf.zeros([1, 32])
+    top, hs, cs = None, (zero, zero), (zero, zero)
+    for t in range(n):
+      top, hs, cs = lm._step(ids[row:row + 1, t], hs, cs, w)  # pylint: disable=protected-access
+    np.testing.assert_array_equal(head[row].numpy(), top[0].numpy())
+    np.testing.assert_array_equal(h[:, row].numpy(), tf.concat(hs, 0).numpy())
+    np.testing.assert_array_equal(c[:, row].numpy(), tf.concat(cs, 0).numpy())
+  full = _model("fused")
+  _, h32, c32 = full._prefill(ids, tf.constant(lengths), full._read_weights())  # pylint: disable=protected-access
+  np.testing.assert_allclose(h.numpy(), h32.numpy(), atol=0.03)
+  assert np.abs(h.numpy() - h32.numpy()).max() > 0  # not float32's products
+  prompts = tf.constant(["abc", "hag f", "a", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"] * 5)
+  sample = lm.sampler(temperature=0.8, top_k=0, top_p=1.0, greedy=False, seed=3, stop=())
+  index, zeros = tf.range(20, dtype=tf.int64), tf.zeros([20], tf.int64)
+  together = sample(prompts, index, zeros, tf.constant(30))["text"].numpy()
+  for i in (0, 7, 19):
+    alone = sample(prompts[i:i + 1], index[i:i + 1], zeros[:1], tf.constant(30))["text"]
+    assert alone.numpy()[0] == together[i]
+
+
+def test_fused_bf16_model_needs_amx_and_units_a_multiple_of_16(monkeypatch):
+  if decode_ops.amx_runs_here():
+    with pytest.raises(ValueError, match="multiple of 16 with bfloat16"):
+      _model("fused", units=40, precision="bfloat16")
+  monkeypatch.setattr(decode_ops, "amx_runs_here", lambda: False)
+  with pytest.raises(ValueError, match="AMX, which this CPU has not"):
+    _model("fused", precision="bfloat16")
 
 
 def test_pick_runs_only_where_the_output_layer_is_small():

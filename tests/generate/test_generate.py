@@ -100,12 +100,34 @@ def test_fused_decode_ops_same_output_whatever_the_batching(tiny_run, tmp_path):
     assert {r["settings"]["decode_ops"] for r in rows} == {ops}
     runs.append([(r["id"], r["sample_index"], r["text"]) for r in rows])
   assert runs[0] == runs[1] == runs[2] == runs[3]
-  with pytest.raises(ValueError, match="--decode_ops=fused runs float32"):
-    _config(tiny_run[0], tmp_path / "x.jsonl", decode_ops="fused", precision="bfloat16")
   with pytest.raises(ValueError, match="--decode_ops"):
     _config(tiny_run[0], tmp_path / "x.jsonl", decode_ops="xla")
   from dataspec import serving
   assert config_lib.DECODE_OPS == serving.DECODE_OPS
+
+
+def test_fused_bf16_same_output_whatever_the_batching(tiny_run, tmp_path, monkeypatch):
+  """--decode_ops=fused --precision=bfloat16 (the layers' products on AMX):
+  both recorded in the settings; a function of (seed, prompt, sample,
+  position) only. Without AMX, a flag error before any work."""
+  from dataspec import decode_ops
+  if decode_ops.amx_runs_here():
+    prompts = _prompts_file(tmp_path, ["ROMEO:", "What say you", "A"])
+    runs = []
+    for i, batch_size in enumerate((1, 4, 64)):
+      out = tmp_path / f"b{i}.jsonl"
+      generate.run(_config(tiny_run[0], out, prompts=str(prompts), num_samples=2,
+                           batch_size=batch_size, seed=7, decode_ops="fused",
+                           precision="bfloat16"))
+      rows = _read(out)
+      assert {(r["settings"]["decode_ops"], r["settings"]["precision"]) for r in rows} == {
+          ("fused", "bfloat16")}
+      runs.append([(r["id"], r["sample_index"], r["text"]) for r in rows])
+    assert runs[0] == runs[1] == runs[2]
+  monkeypatch.setattr(config_lib, "has_amx_bf16", lambda: False)
+  with pytest.raises(ValueError, match="--decode_ops=fused with --precision=bfloat16 runs its "
+                                       "products on AMX, which this CPU has not"):
+    _config(tiny_run[0], tmp_path / "x.jsonl", decode_ops="fused", precision="bfloat16")
 
 
 @pytest.mark.parametrize("ops,threads", [("fused", "1"), ("tensorflow", None)])
