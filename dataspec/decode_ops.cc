@@ -1142,14 +1142,18 @@ TEXTGEN_AMX void AmxRows(const Layer& l, int64_t row, int64_t n, uint16_t* a) {
   }
 }
 
-// Each row's gate math for the n rows from `row` (n <= kAmxRows) of the 16
-// units from `unit` of a layer, from sums (4 gates x kAmxRows rows x 16
-// units).
-TEXTGEN_AMX void AmxGates(const Layer& l, int64_t row, int64_t n, int64_t unit,
-                          const float (*sums)[kAmxRows][kGateUnits]) {
-  for (int64_t r = 0; r < n; ++r) {
-    const __m512 z[4] = {_mm512_load_ps(sums[0][r]), _mm512_load_ps(sums[1][r]),
-                         _mm512_load_ps(sums[2][r]), _mm512_load_ps(sums[3][r])};
+// Sums of a panel for up to kAmxBlockRows rows: [row tile][gate][row][unit].
+using AmxSums = float[2][4][kAmxRows][kGateUnits];
+
+// The gate math of rows [from, to) of a block (from `row`) for the 16
+// units from `unit` of a layer, from their sums.
+TEXTGEN_AMX void AmxGates(const Layer& l, int64_t row, int64_t unit, const AmxSums& sums,
+                          int64_t from, int64_t to) {
+  for (int64_t r = from; r < to; ++r) {
+    const auto& tile = sums[r / kAmxRows];
+    const int64_t t = r % kAmxRows;
+    const __m512 z[4] = {_mm512_load_ps(tile[0][t]), _mm512_load_ps(tile[1][t]),
+                         _mm512_load_ps(tile[2][t]), _mm512_load_ps(tile[3][t])};
     const int64_t at = (row + r) * l.units + unit;
     WideGates(z, l.adds[row + r] + unit, l.units, l.c + at, l.h_out + at, l.c_out + at);
   }
@@ -1157,22 +1161,24 @@ TEXTGEN_AMX void AmxGates(const Layer& l, int64_t row, int64_t n, int64_t unit,
 
 // Panels [begin, end) of a layer for the n rows (n <= 2 kAmxRows) from
 // `row` whose [x, h] are in a (AmxRows): per panel (16 units), the four
-// gates' sums as tiles over the input columns, 32 at a time, stored to
-// `sums`, then each row's gate math. The packed panel p is, per gate,
-// depth / 2 rows of 16 column pairs: row k holds input columns 2 k and
-// 2 k + 1 of each of the 16 units' columns (TDPBF16PS's layout). Up to 16
-// rows: one tile of rows by the four gates; more: two tiles of rows by
-// two gates at a time, so that each weight tile loaded serves 32 rows (the
-// weights come from L2, the rows from L1). Either way each sum runs over
-// the input columns in the same order.
+// gates' sums as tiles over the input columns, 32 at a time, stored, then
+// each row's gate math. The packed panel p is, per gate, depth / 2 rows of
+// 16 column pairs: row k holds input columns 2 k and 2 k + 1 of each of
+// the 16 units' columns (TDPBF16PS's layout). Up to 16 rows: one tile of
+// rows by the four gates; more: two tiles of rows by two gates at a time,
+// so that each weight tile loaded serves 32 rows (the weights come from
+// L2, the rows from L1), and the gate math of the panel before runs a few
+// rows at a time between the tile instructions, on the vector units while
+// the tile unit multiplies. Either way each sum runs over the input
+// columns in the same order, and each row's gate math is the same.
 TEXTGEN_AMX void AmxPanels(const Layer& l, int64_t row, int64_t n, const uint16_t* a,
                            int64_t begin, int64_t end) {
-  alignas(64) float sums[2][4][kAmxRows][kGateUnits];
+  alignas(64) AmxSums sums[2];
   const int64_t gate = l.depth / 2 * 2 * kGateUnits;  // bfloat16s per gate
   const int64_t stride = l.depth * sizeof(uint16_t);
-  for (int64_t p = begin; p < end; ++p) {
-    const uint16_t* panel = l.packed_bf16 + p * 4 * gate;
-    if (n <= kAmxRows) {
+  if (n <= kAmxRows) {
+    for (int64_t p = begin; p < end; ++p) {
+      const uint16_t* panel = l.packed_bf16 + p * 4 * gate;
       _tile_zero(0);
       _tile_zero(1);
       _tile_zero(2);
@@ -1189,14 +1195,29 @@ TEXTGEN_AMX void AmxPanels(const Layer& l, int64_t row, int64_t n, const uint16_
         _tile_loadd(5, w + 3 * gate, 64);
         _tile_dpbf16ps(3, 4, 5);
       }
-      _tile_stored(0, sums[0][0], 64);
-      _tile_stored(1, sums[0][1], 64);
-      _tile_stored(2, sums[0][2], 64);
-      _tile_stored(3, sums[0][3], 64);
-      AmxGates(l, row, n, kGateUnits * p, sums[0]);
-      continue;
+      _tile_stored(0, sums[0][0][0], 64);
+      _tile_stored(1, sums[0][0][1], 64);
+      _tile_stored(2, sums[0][0][2], 64);
+      _tile_stored(3, sums[0][0][3], 64);
+      AmxGates(l, row, kGateUnits * p, sums[0], 0, n);
     }
-    const uint16_t* a2 = a + kAmxRows * l.depth;
+    return;
+  }
+  if (begin >= end) return;
+  const uint16_t* a2 = a + kAmxRows * l.depth;
+  const int64_t steps = 2 * (l.depth / kAmxDepth);  // tile steps per panel
+  for (int64_t p = begin; p <= end; ++p) {
+    // The panel before: its sums in sums[(p - 1) % 2], its rows' gate math
+    // spread over this panel's steps (after the last panel, all at once).
+    const AmxSums& before = sums[(p - 1) & 1];
+    const int64_t before_unit = kGateUnits * (p - 1);
+    if (p == end) {
+      AmxGates(l, row, before_unit, before, 0, n);
+      break;
+    }
+    const uint16_t* panel = l.packed_bf16 + p * 4 * gate;
+    AmxSums& out = sums[p & 1];
+    int64_t done = 0, step = 0;
     for (int g = 0; g < 4; g += 2) {
       _tile_zero(0);
       _tile_zero(1);
@@ -1212,14 +1233,17 @@ TEXTGEN_AMX void AmxPanels(const Layer& l, int64_t row, int64_t n, const uint16_
         _tile_dpbf16ps(1, 4, 7);
         _tile_dpbf16ps(2, 5, 6);
         _tile_dpbf16ps(3, 5, 7);
+        if (p > begin) {
+          const int64_t upto = n * ++step / steps;
+          AmxGates(l, row, before_unit, before, done, upto);
+          done = upto;
+        }
       }
-      _tile_stored(0, sums[0][g], 64);
-      _tile_stored(1, sums[0][g + 1], 64);
-      _tile_stored(2, sums[1][g], 64);
-      _tile_stored(3, sums[1][g + 1], 64);
+      _tile_stored(0, out[0][g], 64);
+      _tile_stored(1, out[0][g + 1], 64);
+      _tile_stored(2, out[1][g], 64);
+      _tile_stored(3, out[1][g + 1], 64);
     }
-    AmxGates(l, row, kAmxRows, kGateUnits * p, sums[0]);
-    AmxGates(l, row + kAmxRows, n - kAmxRows, kGateUnits * p, sums[1]);
   }
 }
 
