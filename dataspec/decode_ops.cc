@@ -908,10 +908,35 @@ absl::Status ReadLayers(OpKernelContext* ctx, const Tensor& x, const Tensor& add
   return absl::OkStatus();
 }
 
+// ReadLayers on the op's inputs (x, addend_rows, and the lists h, c,
+// packed, addends); rows: h's.
+absl::Status ReadOpLayers(OpKernelContext* ctx, bool bf16, std::vector<Layer>* layers,
+                          int64_t* rows) {
+  std::vector<const Tensor*> lists[4];  // h, c, packed, addends
+  const char* names[4] = {"h", "c", "packed", "addends"};
+  for (int k = 0; k < 4; ++k) {
+    OpInputList list;
+    TF_RETURN_IF_ERROR(ctx->input_list(names[k], &list));
+    for (const Tensor& t : list) lists[k].push_back(&t);
+  }
+  TF_RETURN_IF_ERROR(ReadLayers(ctx, ctx->input(0), ctx->input(1), lists[0], lists[1],
+                                lists[2], lists[3], bf16, layers));
+  *rows = lists[0][0]->dim_size(0);
+  return absl::OkStatus();
+}
+
 // From this many rows on, TextgenLstmLayers splits the step by rows, not
 // by each layer's panels (see LstmLayersOp).
 constexpr int64_t kGroupedRows = 128;
 constexpr int64_t kGroupRows = kRows;  // rows per block then: one tile
+
+// Both layers ops' outputs: h' and c' shaped as h.
+absl::Status LayersShape(::tensorflow::shape_inference::InferenceContext* c) {
+  std::vector<::tensorflow::shape_inference::ShapeHandle> h;
+  TF_RETURN_IF_ERROR(c->input("h", &h));
+  TF_RETURN_IF_ERROR(c->set_output("h_out", h));
+  return c->set_output("c_out", h);
+}
 
 REGISTER_OP("TextgenLstmLayers")
     .Input("x: float")
@@ -924,12 +949,7 @@ REGISTER_OP("TextgenLstmLayers")
     .Output("c_out: N * float")
     .Attr("N: int >= 1")
     .Attr("vectors: {'best', 'avx2', 'avx512'} = 'best'")
-    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
-      std::vector<::tensorflow::shape_inference::ShapeHandle> h;
-      TF_RETURN_IF_ERROR(c->input("h", &h));
-      TF_RETURN_IF_ERROR(c->set_output("h_out", h));
-      return c->set_output("c_out", h);
-    });
+    .SetShapeFn(LayersShape);
 
 // An op's `vectors` attribute: whether it runs its AVX-512 tiles ('avx512',
 // or 'best' where the CPU has AVX-512) or the AVX2 ones ('avx2').
@@ -999,23 +1019,15 @@ class LstmLayersOp : public OpKernel {
   }
 
   void Compute(OpKernelContext* ctx) override {
-    std::vector<const Tensor*> lists[4];  // h, c, packed, addends
-    const char* names[4] = {"h", "c", "packed", "addends"};
-    for (int k = 0; k < 4; ++k) {
-      OpInputList list;
-      OP_REQUIRES_OK(ctx, ctx->input_list(names[k], &list));
-      for (const Tensor& t : list) lists[k].push_back(&t);
-    }
     std::vector<Layer> layers;
-    OP_REQUIRES_OK(ctx, ReadLayers(ctx, ctx->input(0), ctx->input(1), lists[0], lists[1],
-                                   lists[2], lists[3], /*bf16=*/false, &layers));
+    int64_t rows = 0;
+    OP_REQUIRES_OK(ctx, ReadOpLayers(ctx, /*bf16=*/false, &layers, &rows));
     for (size_t i = 0; i < layers.size(); ++i) {
       OP_REQUIRES(ctx, wide_ || layers[i].panel_units == 4,
                   absl::InvalidArgumentError(absl::StrCat(
                       "layer ", i, ": packed in panels of 16 units needs the AVX-512 tiles "
                       "(vectors='avx2' or a CPU without AVX-512 reads panels of 4)")));
     }
-    const int64_t rows = lists[0][0]->dim_size(0);
     if (rows == 0) return;
     auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
     const int threads = pool->NumThreads();
@@ -1275,12 +1287,7 @@ REGISTER_OP("TextgenLstmLayersBf16")
     .Output("h_out: N * float")
     .Output("c_out: N * float")
     .Attr("N: int >= 1")
-    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
-      std::vector<::tensorflow::shape_inference::ShapeHandle> h;
-      TF_RETURN_IF_ERROR(c->input("h", &h));
-      TF_RETURN_IF_ERROR(c->set_output("h_out", h));
-      return c->set_output("c_out", h);
-    });
+    .SetShapeFn(LayersShape);
 
 // TextgenLstmLayers with bfloat16 products on AMX (see above); packed per
 // layer as decode_ops.pack_kernel_bf16 lays it out.
@@ -1291,17 +1298,9 @@ class LstmLayersBf16Op : public OpKernel {
   }
 
   void Compute(OpKernelContext* ctx) override {
-    std::vector<const Tensor*> lists[4];  // h, c, packed, addends
-    const char* names[4] = {"h", "c", "packed", "addends"};
-    for (int k = 0; k < 4; ++k) {
-      OpInputList list;
-      OP_REQUIRES_OK(ctx, ctx->input_list(names[k], &list));
-      for (const Tensor& t : list) lists[k].push_back(&t);
-    }
     std::vector<Layer> layers;
-    OP_REQUIRES_OK(ctx, ReadLayers(ctx, ctx->input(0), ctx->input(1), lists[0], lists[1],
-                                   lists[2], lists[3], /*bf16=*/true, &layers));
-    const int64_t rows = lists[0][0]->dim_size(0);
+    int64_t rows = 0;
+    OP_REQUIRES_OK(ctx, ReadOpLayers(ctx, /*bf16=*/true, &layers, &rows));
     if (rows == 0) return;
     int64_t depth = 0;
     for (const Layer& layer : layers) depth = std::max(depth, layer.depth);

@@ -675,6 +675,22 @@ def test_fused_decoding_writes_the_tensorflow_paths_text(input_table, pick, monk
     np.testing.assert_allclose(fused.numpy(), reference.numpy(), rtol=1e-5, atol=1e-5)
 
 
+def _prompt_states_are_stepping_its_tokens(lm, w, ids, lengths):
+  """Asserts that lm's prefill of ids (rows of `lengths` tokens) leaves,
+  bit for bit, the head and states of stepping each row's tokens one at a
+  time at batch 1 (a 2-layer model of 32 units); returns the prefill's h."""
+  head, h, c = lm._prefill(ids, tf.constant(lengths), w)  # pylint: disable=protected-access
+  for row, n in enumerate(lengths):
+    zero = tf.zeros([1, 32])
+    top, hs, cs = None, (zero, zero), (zero, zero)
+    for t in range(n):
+      top, hs, cs = lm._step(ids[row:row + 1, t], hs, cs, w)  # pylint: disable=protected-access
+    np.testing.assert_array_equal(head[row].numpy(), top[0].numpy())
+    np.testing.assert_array_equal(h[:, row].numpy(), tf.concat(hs, 0).numpy())
+    np.testing.assert_array_equal(c[:, row].numpy(), tf.concat(cs, 0).numpy())
+  return h
+
+
 @pytest.mark.parametrize("input_table", [True, False])
 def test_fused_prompt_leaves_the_states_of_decoding_it_token_by_token(input_table,
                                                                        monkeypatch):
@@ -689,15 +705,7 @@ def test_fused_prompt_leaves_the_states_of_decoding_it_token_by_token(input_tabl
   w = lm._read_weights()  # pylint: disable=protected-access
   lengths = [40, 3, 33, 32]
   ids = tf.constant(np.random.default_rng(5).integers(3, 12, (4, 40)), tf.int32)
-  head, h, c = lm._prefill(ids, tf.constant(lengths), w)  # pylint: disable=protected-access
-  for row, n in enumerate(lengths):
-    zero = tf.zeros([1, 32])
-    top, hs, cs = None, (zero, zero), (zero, zero)
-    for t in range(n):
-      top, hs, cs = lm._step(ids[row:row + 1, t], hs, cs, w)  # pylint: disable=protected-access
-    np.testing.assert_array_equal(head[row].numpy(), top[0].numpy())
-    np.testing.assert_array_equal(h[:, row].numpy(), tf.concat(hs, 0).numpy())
-    np.testing.assert_array_equal(c[:, row].numpy(), tf.concat(cs, 0).numpy())
+  h = _prompt_states_are_stepping_its_tokens(lm, w, ids, lengths)
   texts = tf.constant(["abc hag", "", "bad cafe " * 9])
   models = [_model("tensorflow"), lm]
   scores = [model.score(texts) for model in models]
@@ -721,17 +729,9 @@ def test_fused_bf16_prompt_leaves_the_states_of_decoding_and_near_float32s(input
   assert w.output_kernel.dtype == tf.float32  # TextgenPick's, of the bfloat16 weights
   lengths = [40, 3, 33]
   ids = tf.constant(np.random.default_rng(5).integers(3, 12, (3, 40)), tf.int32)
-  head, h, c = lm._prefill(ids, tf.constant(lengths), w)  # pylint: disable=protected-access
-  for row, n in enumerate(lengths):
-    zero = tf.zeros([1, 32])
-    top, hs, cs = None, (zero, zero), (zero, zero)
-    for t in range(n):
-      top, hs, cs = lm._step(ids[row:row + 1, t], hs, cs, w)  # pylint: disable=protected-access
-    np.testing.assert_array_equal(head[row].numpy(), top[0].numpy())
-    np.testing.assert_array_equal(h[:, row].numpy(), tf.concat(hs, 0).numpy())
-    np.testing.assert_array_equal(c[:, row].numpy(), tf.concat(cs, 0).numpy())
+  h = _prompt_states_are_stepping_its_tokens(lm, w, ids, lengths)
   full = _model("fused")
-  _, h32, c32 = full._prefill(ids, tf.constant(lengths), full._read_weights())  # pylint: disable=protected-access
+  _, h32, _ = full._prefill(ids, tf.constant(lengths), full._read_weights())  # pylint: disable=protected-access
   np.testing.assert_allclose(h.numpy(), h32.numpy(), atol=0.03)
   assert np.abs(h.numpy() - h32.numpy()).max() > 0  # not float32's products
   prompts = tf.constant(["abc", "hag f", "a", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"] * 5)
