@@ -1109,9 +1109,11 @@ absl::Status AmxReady() {
   return *status;
 }
 
-// The tile configuration of every call: tiles 0-3 a block's sums (16 rows
-// x 16 float32), 4 its rows of [x, h] (16 x 32 bfloat16), 5-7 the weights
-// (16 pairs of input columns x 16 columns). Palette 1's layout.
+// The tile configuration of every call, eight tiles of 16 rows of 64
+// bytes: a block's sums (16 rows x 16 float32) in 0-3, its rows of [x, h]
+// (16 x 32 bfloat16) in 4 (4 and 5 for 32 rows), the weights (16 pairs of
+// input columns x 16 columns) in the others (AmxPanels). Palette 1's
+// layout.
 struct AmxConfig {
   uint8_t palette = 1;
   uint8_t start_row = 0;
