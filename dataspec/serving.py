@@ -296,6 +296,14 @@ class LanguageModel(tf.Module):
         raise ValueError("decode_ops='fused': the op does not run here (an x86-64 CPU "
                          "with AVX2 and FMA, built by `python -m dataspec.decode_ops`; "
                          "the log says which is missing)")
+      if bf16:  # the op's kernel asks Linux for AMX's tile state: now, on no rows
+        try:
+          ops.lstm_layers_bf16(x=tf.zeros([0, 0]), addend_rows=tf.zeros([0], tf.int32),
+                               h=[tf.zeros([0, 16])], c=[tf.zeros([0, 16])],
+                               packed=[tf.zeros([1, 4, 16, 32], tf.bfloat16)],
+                               addends=[tf.zeros([64])])
+        except tf.errors.FailedPreconditionError as e:
+          raise ValueError(f"decode_ops='fused' with precision='bfloat16': {e.message}") from None
       self._layers_op = ops.lstm_layers_bf16 if bf16 else ops.lstm_layers
       self._noise_op = ops.gumbel_noise
       self._panel_units = decode_ops_lib.panel_units(spec.units)

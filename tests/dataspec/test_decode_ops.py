@@ -750,6 +750,17 @@ def test_fused_bf16_model_needs_amx_and_units_a_multiple_of_16(monkeypatch):
   monkeypatch.setattr(decode_ops, "amx_runs_here", lambda: False)
   with pytest.raises(ValueError, match="AMX, which this CPU has not"):
     _model("fused", precision="bfloat16")
+  # A CPU with AMX whose OS does not hand out its tile state (Linux before
+  # 5.16): the op's own error, when the model is made, not at its first
+  # batch (that OS is not at hand: the op stands in).
+  def refused(**_):
+    raise tf.errors.FailedPreconditionError(None, None, "the OS does not let this process "
+                                            "use AMX (arch_prctl ARCH_REQ_XCOMP_PERM: ...)")
+  ops = _ops()._replace(lstm_layers_bf16=refused)
+  monkeypatch.setattr(decode_ops, "amx_runs_here", lambda: True)
+  monkeypatch.setattr(decode_ops, "load", lambda: ops)
+  with pytest.raises(ValueError, match="bfloat16': the OS does not let this process use AMX"):
+    _model("fused", precision="bfloat16")
 
 
 def test_pick_runs_only_where_the_output_layer_is_small():
