@@ -691,7 +691,7 @@ struct Layer {
   const float* packed = nullptr;
   int64_t panel_units = 4;
   // TextgenLstmLayersBf16's instead: (units / 16, 4, depth / 2, 32)
-  // bfloat16 (see AmxPanel), depth = in + units rounded up to kAmxDepth.
+  // bfloat16 (see AmxPanels), depth = in + units rounded up to kAmxDepth.
   const uint16_t* packed_bf16 = nullptr;
   int64_t depth = 0;
   std::vector<const float*> adds;  // each row's addend (4 units)
@@ -715,6 +715,7 @@ absl::Status ReadLayer(const Tensor& h, const Tensor& c, const Tensor& packed,
         c.shape().DebugString()));
   }
   const int64_t units = h.dim_size(1);
+  int64_t panel_units = kGateUnits;  // bfloat16 panels are gate-major
   if (bf16) {
     const int64_t depth = (in + units + kAmxDepth - 1) / kAmxDepth * kAmxDepth;
     if (units % kGateUnits != 0 ||
@@ -726,17 +727,16 @@ absl::Status ReadLayer(const Tensor& h, const Tensor& c, const Tensor& packed,
     }
     layer->packed_bf16 = reinterpret_cast<const uint16_t*>(packed.tensor_data().data());
     layer->depth = depth;
-    layer->panel_units = kGateUnits;
-  }
-  const int64_t panel_units = bf16 ? kGateUnits : packed.dims() == 3 && packed.dim_size(2) == 4 * kGateUnits
-                                  ? kGateUnits : 4;
-  if (!bf16 && (units % panel_units != 0 ||
-                packed.shape() != TensorShape({units / panel_units, in + units,
-                                               4 * panel_units}))) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "packed must be (units / 4, in + units, 16) = (", units / 4, ", ", in + units,
-        ", 16) with units a multiple of 4, or (units / 16, in + units, 64) with units a "
-        "multiple of 16, got ", packed.shape().DebugString()));
+  } else {
+    if (packed.dims() != 3 || packed.dim_size(2) != 4 * kGateUnits) panel_units = 4;
+    if (units % panel_units != 0 ||
+        packed.shape() != TensorShape({units / panel_units, in + units, 4 * panel_units})) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "packed must be (units / 4, in + units, 16) = (", units / 4, ", ", in + units,
+          ", 16) with units a multiple of 4, or (units / 16, in + units, 64) with units a "
+          "multiple of 16, got ", packed.shape().DebugString()));
+    }
+    layer->packed = packed.flat<float>().data();
   }
   const int alignment = panel_units == kGateUnits ? 64 : 32;
   if (reinterpret_cast<uintptr_t>(packed.tensor_data().data()) % alignment != 0) {
@@ -779,7 +779,6 @@ absl::Status ReadLayer(const Tensor& h, const Tensor& c, const Tensor& packed,
   layer->h = h.flat<float>().data();
   layer->c = c.flat<float>().data();
   layer->units = units;
-  if (!bf16) layer->packed = packed.flat<float>().data();
   layer->panel_units = panel_units;
   return absl::OkStatus();
 }
@@ -1077,8 +1076,8 @@ REGISTER_KERNEL_BUILDER(Name("TextgenLstmLayers").Device(::tensorflow::DEVICE_CP
 //
 // A layer's weights are half the float32 bytes (the reference model's 1.5
 // MB fit each core's 2 MB L2 on the Xeon VM), so the step is split by rows:
-// blocks of kAmxRows rows, each through every layer on the thread that
-// took it; below two blocks, each layer by its panels.
+// blocks of kAmxBlockRows rows, each through every layer on the thread
+// that took it; below two blocks, each layer by its panels.
 #define TEXTGEN_AMX \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16")))
 
@@ -1262,16 +1261,19 @@ TEXTGEN_AMX void AmxPanels(const Layer& l, int64_t row, int64_t n, const uint16_
 }
 
 // Rows [row_begin, row_end) of `rows`, kAmxBlockRows at a time, each block
-// through every layer of `layers` (panels [begin, end) of each; end -1:
-// all); depth: the layers' largest. Configures this thread's tiles and
-// releases them after.
-TEXTGEN_AMX void AmxBlocks(const std::vector<Layer>& layers, int64_t rows, int64_t row_begin,
-                           int64_t row_end, int64_t begin, int64_t end, int64_t depth) {
+// through every one of the `count` layers from `layers` (panels [begin,
+// end) of each; end -1: all). Configures this thread's tiles and releases
+// them after.
+TEXTGEN_AMX void AmxBlocks(const Layer* layers, int64_t count, int64_t rows, int64_t row_begin,
+                           int64_t row_end, int64_t begin, int64_t end) {
+  int64_t depth = 0;
+  for (int64_t i = 0; i < count; ++i) depth = std::max(depth, layers[i].depth);
   std::vector<uint16_t> a(kAmxBlockRows * depth);
   AmxStart();
   for (int64_t row = row_begin; row < std::min(row_end, rows); row += kAmxBlockRows) {
     const int64_t n = std::min<int64_t>(kAmxBlockRows, rows - row);
-    for (const Layer& layer : layers) {
+    for (int64_t i = 0; i < count; ++i) {
+      const Layer& layer = layers[i];
       AmxRows(layer, row, n, a.data());
       AmxPanels(layer, row, n, a.data(), begin, end < 0 ? layer.units / kGateUnits : end);
     }
@@ -1304,14 +1306,13 @@ class LstmLayersBf16Op : public OpKernel {
     int64_t rows = 0;
     OP_REQUIRES_OK(ctx, ReadOpLayers(ctx, /*bf16=*/true, &layers, &rows));
     if (rows == 0) return;
-    int64_t depth = 0;
-    for (const Layer& layer : layers) depth = std::max(depth, layer.depth);
     auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
     const int threads = pool->NumThreads();
     const int64_t blocks = (rows + kAmxBlockRows - 1) / kAmxBlockRows;
     if (threads > 1 && blocks >= 2) {
       RunBlocks(pool, blocks, 1, [&](int64_t begin, int64_t end) {
-        AmxBlocks(layers, rows, begin * kAmxBlockRows, end * kAmxBlockRows, 0, -1, depth);
+        AmxBlocks(layers.data(), layers.size(), rows, begin * kAmxBlockRows,
+                  end * kAmxBlockRows, 0, -1);
       });
       return;
     }
@@ -1319,7 +1320,7 @@ class LstmLayersBf16Op : public OpKernel {
       const int64_t panels = layer.units / kGateUnits;
       RunBlocks(pool, panels, (panels + threads - 1) / threads,
                 [&](int64_t begin, int64_t end) {
-                  AmxBlocks({layer}, rows, 0, rows, begin, end, depth);
+                  AmxBlocks(&layer, 1, rows, 0, rows, begin, end);
                 });
     }
   }

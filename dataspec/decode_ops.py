@@ -124,11 +124,6 @@ def amx_runs_here() -> bool:
   return runs_here() and has_amx_bf16()
 
 
-def packable(units: int) -> bool:
-  """Whether a layer of `units` units fits the op's panels."""
-  return units > 0 and units % PANEL_UNITS == 0
-
-
 def panel_units(units: int) -> int:
   """The panels TextgenLstmLayers reads fastest on this CPU for a layer of
   `units` units: GATE_PANEL_UNITS where it runs its AVX-512 tiles and
