@@ -31,7 +31,11 @@ every round:
             ours with textgen-generate's --decode_ops=fused: a decode step's
             LSTM layers as one compiled op, sampling's noise as another, the
             output layer with the choice of the token as a third
-            (dataspec/decode_ops.py; AVX2 x86-64 CPUs).
+            (dataspec/decode_ops.py; AVX2 x86-64 CPUs). Also timed: the
+            layers op alone, step after step (the same difference of 1 and
+            --new_tokens steps), which is what the fused prefill runs for
+            each prompt position; so prefill / decode can be at most that
+            rate / the decode rate (printed as "at most").
   ours_bf16, torch_bf16
             ours with textgen-generate's --precision=bfloat16 (products in
             bfloat16), PyTorch's loop under torch.autocast("cpu",
@@ -183,6 +187,20 @@ def work_ours(batch, new_tokens, *, precision="float32", signature=False,
 
   run(2)  # trace
 
+  # The LSTM layers alone, step after step: a decode step without the
+  # choice of its token (the output layer, the noise, the pick), and what
+  # the fused prefill runs for each prompt position (serving's
+  # _fused_sequence steps the same op), so prefill / decode can be at most
+  # this rate / the decode rate.
+  @tf.function
+  def layers(n):
+    w = lm._read_weights()  # pylint: disable=protected-access
+    tokens = tf.range(batch) % lm.tokenizer.vocab_size
+    h = c = tuple(tf.zeros([batch, UNITS]) for _ in range(LAYERS))
+    for _ in tf.range(n):
+      h, c = lm._layers(tokens, h, c, w)  # pylint: disable=protected-access
+    return h[-1]
+
   def measure(paired=False):
     one = best_of(lambda: run(1))
     many = best_of(lambda: run(new_tokens), times=1 if batch > 1 else 2)
@@ -191,6 +209,12 @@ def work_ours(batch, new_tokens, *, precision="float32", signature=False,
     if not paired:
       shared = best_of(lambda: run(1, one_prompt))  # batch samples of one prompt
       result["prefill_shared"] = batch * WINDOW / shared
+      if decode_ops == "fused":
+        layers(tf.constant(2)).numpy()  # trace
+        one = best_of(lambda: layers(tf.constant(1)).numpy())
+        many = best_of(lambda: layers(tf.constant(new_tokens)).numpy(),
+                       times=1 if batch > 1 else 2)
+        result["layers"] = decode_rate(batch, new_tokens, many, one)
     return result
 
   return start_rss, measure
@@ -437,6 +461,15 @@ def print_rounds(impls, batches):
     if impl in impls:
       print(f"\n{impl} prefill tokens/s: " + ", ".join(
           f"batch {b}: {med(impl, b, 'prefill'):,.0f}" for b in batches))
+  for impl in ("ours_fused", "ours_fused_bf16"):
+    if impl in impls:
+      print(f"\n{impl}, the LSTM layers alone (a decode step without the choice of its "
+            "token; a prefill position runs the same op, so prefill / decode is at most "
+            "their rate / the decode rate): " + ", ".join(
+                f"batch {b}: {med(impl, b, 'layers'):,.0f} tokens/s, prefill / decode "
+                f"at most {med(impl, b, 'layers') / med(impl, b, 'decode'):.2f}x "
+                f"(measured {med(impl, b, 'prefill') / med(impl, b, 'decode'):.2f}x)"
+                for b in batches))
   print("\nevery round (decode tokens/s): " + "; ".join(
       f"{i}@{b}: " + ", ".join(f"{r['decode']:,.0f}" for r in results[i, b])
       for b in batches for i in impls))

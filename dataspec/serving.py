@@ -400,9 +400,14 @@ class LanguageModel(tf.Module):
     """One position for the batch: tokens (batch,) -> the next choice's
     input (_head: the logits (batch, vocab) or the top layer's output),
     states h, c (tuples of (batch, units), one per layer); w: _Weights."""
+    hs, cs = self._layers(tokens, h, c, w)
+    return self._head(hs[-1], w), hs, cs
+
+  def _layers(self, tokens, h, c, w):
+    """Every layer's step for tokens (batch,) from states h, c (tuples of
+    (batch, units), one per layer) -> h', c' (tuples); w: _Weights."""
     if w.packed is not None:  # decode_ops="fused"
-      hs, cs = self._fused_layers(tokens, h, c, w)
-      return self._head(hs[-1], w), hs, cs
+      return self._fused_layers(tokens, h, c, w)
     x = tf.gather(w.embedding, tokens) if w.input_table is None else None
     hs, cs = [], []
     for layer in range(self._spec.num_layers):
@@ -414,7 +419,7 @@ class LanguageModel(tf.Module):
       x, c_new = _cell(z, c[layer])
       hs.append(x)
       cs.append(c_new)
-    return self._head(x, w), tuple(hs), tuple(cs)
+    return tuple(hs), tuple(cs)
 
   def _fused_layers(self, tokens, h, c, w):
     """decode_ops="fused": every layer's step for tokens (batch,) as one
