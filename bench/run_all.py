@@ -3,7 +3,7 @@ r"""Runs every benchmark and writes bench/results/RESULTS.md and a plot.
   python bench/run_all.py [--skip_quality] [--quality_recipe=shakespeare_char]
 
 1. bench_preprocess.py, bench_subword.py, bench_input.py, bench_train.py,
-   bench_generate.py, bench_cpu_peak.py: each prints a markdown table of
+   bench_generate.py, bench_eval.py, bench_cpu_peak.py: each prints a markdown table of
    absolute numbers and the ratio to a baseline measured in the same run;
    they are collected into RESULTS.md with the machine's description.
    bench_generate.py also measures its decode targets' two ratios in pairs
@@ -223,6 +223,7 @@ def main(_):
       ("Training input pipeline", "bench_input.py", []),
       ("Training", "bench_train.py", []),
       ("Generation", "bench_generate.py", ["--pairs=10"]),
+      ("Evaluation (textgen-eval's scoring)", "bench_eval.py", []),
       ("CPU ceilings: FMA units and matrix products", "bench_cpu_peak.py", [])):
     header, table = run_bench(script, *args)
     sections.append(f"## {title}\n\n{header}\n\n{table}\n")

@@ -13,6 +13,24 @@ PRECISIONS = ("float32", "bfloat16")
 DECODE_OPS = ("tensorflow", "fused")
 
 
+def check_ops(precision: str, decode_ops: str):
+  """--precision and --decode_ops of textgen-generate and textgen-eval.
+
+  Raises:
+    ValueError: an unknown value; fused with bfloat16 on a CPU without AMX.
+  """
+  if precision not in PRECISIONS:
+    raise ValueError(f"Unrecognized --precision: {precision!r} (choose from "
+                     f"{', '.join(PRECISIONS)})")
+  if decode_ops not in DECODE_OPS:
+    raise ValueError(f"Unrecognized --decode_ops: {decode_ops!r} (choose from "
+                     f"{', '.join(DECODE_OPS)})")
+  if decode_ops == "fused" and precision == "bfloat16" and not has_amx_bf16():
+    raise ValueError("--decode_ops=fused with --precision=bfloat16 runs its products on "
+                     "AMX, which this CPU has not (Intel Xeon Sapphire Rapids or later); "
+                     "use --precision=float32 with it")
+
+
 @dataclasses.dataclass(frozen=True)
 class GenerateConfig:
   """Options of one generation job (flag names equal field names).
@@ -87,16 +105,7 @@ class GenerateConfig:
       raise ValueError(f"--top_k must be >= 0, got {self.top_k}")
     if not 0 < self.top_p <= 1:
       raise ValueError(f"--top_p must be in (0, 1], got {self.top_p}")
-    if self.precision not in PRECISIONS:
-      raise ValueError(f"Unrecognized --precision: {self.precision!r} (choose from "
-                       f"{', '.join(PRECISIONS)})")
-    if self.decode_ops not in DECODE_OPS:
-      raise ValueError(f"Unrecognized --decode_ops: {self.decode_ops!r} (choose from "
-                       f"{', '.join(DECODE_OPS)})")
-    if self.decode_ops == "fused" and self.precision == "bfloat16" and not has_amx_bf16():
-      raise ValueError("--decode_ops=fused with --precision=bfloat16 runs its products on "
-                       "AMX, which this CPU has not (Intel Xeon Sapphire Rapids or later); "
-                       "use --precision=float32 with it")
+    check_ops(self.precision, self.decode_ops)
     if not 0 <= self.shard_index < self.num_shards:
       raise ValueError(f"--shard_index={self.shard_index} is not in [0, "
                        f"--num_shards={self.num_shards})")
@@ -136,6 +145,11 @@ class EvalConfig:
     input_encoding: text encoding of `input` files (as textgen-preprocess's
       flag: a codec name or "auto"); a dataset's split uses the encodings
       preprocessing recorded.
+    precision, decode_ops: as GenerateConfig's. With the defaults the
+      SavedModel itself scores; otherwise the export's weights in this
+      process (dataspec.serving.LanguageModel, as textgen-generate runs
+      them): the numbers equal the SavedModel's up to float rounding with
+      decode_ops="fused", and differ a little more in bfloat16.
   """
   model_dir: str
   output: str
@@ -146,6 +160,8 @@ class EvalConfig:
   chunk_tokens: int = 512
   progress_seconds: float = 30.0
   input_encoding: str = "utf-8"
+  precision: str = "float32"
+  decode_ops: str = "tensorflow"
 
   def __post_init__(self):
     if not self.model_dir:
@@ -162,6 +178,13 @@ class EvalConfig:
     for name in ("batch_size", "chunk_tokens", "progress_seconds"):
       if getattr(self, name) <= 0:
         raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
+    check_ops(self.precision, self.decode_ops)
+
+  @property
+  def saved_model_scores(self) -> bool:
+    """The SavedModel itself scores (the defaults), not the export's
+    weights in this process."""
+    return self.precision == "float32" and self.decode_ops == "tensorflow"
 
   def to_json_dict(self) -> dict:
     d = dataclasses.asdict(self)

@@ -18,7 +18,9 @@ gives per file and in total: tokens, loss per token, perplexity, bits per
 UTF-8 byte (comparable across char, byte and word models), unknown tokens,
 bytes that were not UTF-8, and throughput. Empty and binary files are
 skipped and listed. Needs an export with saved_model/ (textgen-train
---export_only re-exports an older one).
+--export_only re-exports an older one). --decode_ops=fused (and
+--precision=bfloat16 on CPUs with AMX) score faster with textgen-generate's
+compiled ops instead of the SavedModel.
 """
 
 from absl import flags
@@ -45,6 +47,19 @@ _INPUT_ENCODING = flags.DEFINE_string(
     "input_encoding", "utf-8", "Text encoding of --input files: utf-8, an ASCII-compatible "
     "Python codec (latin-1, cp1252, ...) or auto (detected per file).", flag_values=FLAGS)
 
+_PRECISION = flags.DEFINE_enum(
+    "precision", "float32", config_lib.PRECISIONS,
+    "bfloat16: matrix products in bfloat16 (CPUs with AMX/AVX512_BF16: faster at large "
+    "batches; with --decode_ops=fused, AMX only); the numbers differ slightly from the "
+    "SavedModel's (float32).", flag_values=FLAGS)
+_DECODE_OPS = flags.DEFINE_enum(
+    "decode_ops", "tensorflow", config_lib.DECODE_OPS,
+    "fused: each position's step through every LSTM layer as one compiled CPU op, as "
+    "textgen-generate's (x86-64 with AVX2, 512-bit tiles where the CPU has AVX-512; "
+    "bfloat16 products on AMX), faster, with one TensorFlow inter-op thread; the numbers "
+    "equal the SavedModel's up to float rounding. With either flag off its default the "
+    "export's weights score in this process instead of the SavedModel.", flag_values=FLAGS)
+
 flags.mark_flags_as_required(["model_dir", "output"], flag_values=FLAGS)
 
 
@@ -53,7 +68,8 @@ def config_from_flags() -> config_lib.EvalConfig:
       model_dir=_MODEL_DIR.value, output=_OUTPUT.value, input=tuple(_INPUT.value),
       dataset_dir=_DATASET_DIR.value, split=_SPLIT.value,
       batch_size=_BATCH_SIZE.value, chunk_tokens=_CHUNK_TOKENS.value,
-      progress_seconds=_PROGRESS_SECONDS.value, input_encoding=_INPUT_ENCODING.value)
+      progress_seconds=_PROGRESS_SECONDS.value, input_encoding=_INPUT_ENCODING.value,
+      precision=_PRECISION.value, decode_ops=_DECODE_OPS.value)
 
 
 def parse_flags(argv):

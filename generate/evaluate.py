@@ -8,9 +8,14 @@ line-aligned blocks and scored side by side, `batch_size` at a time, in
 chunks of `chunk_tokens`; when one ends its row takes the next document with
 a fresh state. Nothing holds a whole document in memory.
 
-The numbers come from the SavedModel itself (its `tokenize` and
+By default the numbers come from the SavedModel itself (its `tokenize` and
 `score_tokens` functions), so they are the model's as anyone who loads the
-export would get them.
+export would get them. With `decode_ops="fused"` or `precision="bfloat16"`
+the export's weights score in this process instead
+(dataspec.serving.LanguageModel, the class the SavedModel was saved from,
+with textgen-generate's compiled ops or bfloat16 products): the same
+functions, faster, the numbers equal up to float rounding (fused float32)
+or bfloat16's.
 """
 
 import collections
@@ -28,6 +33,7 @@ import numpy as np
 from dataspec import lean_tensorflow  # pylint: disable=unused-import,g-bad-import-order
 import tensorflow as tf
 
+from dataspec import decode_ops as decode_ops_lib
 from dataspec import export as export_lib
 from dataspec import metadata as metadata_lib
 from dataspec import paths
@@ -220,6 +226,18 @@ def load_saved_model(export_dir: str, *, given: str):
   return tf.saved_model.load(local)
 
 
+def load_model(export_dir: str, config):
+  """What scores: the SavedModel (config.saved_model_scores), else the
+  export's weights as a LanguageModel with config's precision and
+  decode_ops (whose tokenize, score_tokens and info are the functions the
+  SavedModel was saved with)."""
+  if config.saved_model_scores:
+    return load_saved_model(export_dir, given=config.model_dir)
+  spec, weights, meta, vocab, _ = export_lib.load_export(export_dir)
+  return serving.LanguageModel(spec, weights, meta.tokenizer_spec, vocab,
+                               precision=config.precision, decode_ops=config.decode_ops)
+
+
 def _open_next(docs: Iterator[Document], model, count_invalid, skipped):
   """The next document that is neither empty nor binary, opened; or None."""
   for doc in docs:
@@ -240,7 +258,7 @@ def _open_next(docs: Iterator[Document], model, count_invalid, skipped):
 
 def score_documents(model, docs: List[Document], *, batch_size: int, chunk_tokens: int,
                     progress_seconds: float):
-  """Scores `docs` with a loaded SavedModel.
+  """Scores `docs` with a loaded SavedModel or a LanguageModel (load_model).
 
   Returns:
     (per-file results, skipped files, total stats, seconds).
@@ -320,11 +338,17 @@ def score_documents(model, docs: List[Document], *, batch_size: int, chunk_token
 def run(config) -> dict:
   """Scores the documents of `config` and writes the report; returns it."""
   tf_allocator.use_bfc_allocator()  # before any op
+  if config.decode_ops == "fused":
+    decode_ops_lib.use_one_inter_op_thread()  # before any op too
   logging.info("The config:\n%s", json.dumps(config.to_json_dict(), indent=2))
   storage.check_bucket(config.model_dir)
   export_dir = export_lib.find_export(config.model_dir)
   # Every check before any work: the export, the documents, the output.
   export_lib.check_complete(export_dir, flag="model_dir", given=config.model_dir)
+  gpus = tf.config.list_physical_devices("GPU")
+  if config.decode_ops == "fused" and gpus:
+    raise ValueError(f"--decode_ops=fused scores on the CPU; this machine has {len(gpus)} "
+                     "GPU(s), which the default --decode_ops=tensorflow uses")
   if config.input:
     docs = documents_from_inputs(config.input, config.input_encoding)
     source = {"input": list(config.input)}
@@ -338,10 +362,13 @@ def run(config) -> dict:
       raise IsADirectoryError(f"--output={config.output} is a directory; name a "
                               "JSON file")
     storage.check_writable(os.path.dirname(os.path.abspath(config.output)))
-  model = load_saved_model(export_dir, given=config.model_dir)
+  model = load_model(export_dir, config)
   training = json.loads(storage.read_text(paths.ExportPaths(export_dir).training))
-  logging.info("Scoring %d document(s), %.1f MB, with %s", len(docs),
-               sum(d.end - d.start for d in docs) / 1e6, export_dir)
+  logging.info("Scoring %d document(s), %.1f MB, with %s (%s)", len(docs),
+               sum(d.end - d.start for d in docs) / 1e6, export_dir,
+               "its SavedModel" if config.saved_model_scores else
+               f"its weights, --precision={config.precision} "
+               f"--decode_ops={config.decode_ops}")
   results, skipped, total, seconds = score_documents(
       model, docs, batch_size=config.batch_size, chunk_tokens=config.chunk_tokens,
       progress_seconds=config.progress_seconds)
@@ -358,6 +385,7 @@ def run(config) -> dict:
       "seconds": seconds,
       "tokens_per_second": total["tokens"] / max(seconds, 1e-9),
       "bytes_per_second": total["bytes"] / max(seconds, 1e-9),
+      "scored_by": "saved_model" if config.saved_model_scores else "weights",
       "config": config.to_json_dict(),
   }
   storage.write_text(config.output, json.dumps(report, indent=2) + "\n")

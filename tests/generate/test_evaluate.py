@@ -185,3 +185,79 @@ def test_a_char_model_is_scored_in_a_process_without_keras(tiny_run, tiny_corpus
   env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
   assert json.loads(last_line(run_python(code, cwd=tmp_path, env=env))) == []
   assert json.loads((tmp_path / "r.json").read_text())["total"]["files"] == 1
+
+
+def test_fused_and_bfloat16_scoring_match_the_saved_model(tiny_run, tiny_corpus, tmp_path):
+  """--decode_ops=fused and --precision=bfloat16 score with the export's
+  weights in this process (recorded in the report): every file's tokens as
+  the SavedModel's, the loss equal up to float rounding with fused
+  float32, within bfloat16's rounding otherwise; and not the same bits
+  where bfloat16 rounds the products."""
+  from dataspec import decode_ops
+  settings = [("float32", "tensorflow"), ("bfloat16", "tensorflow")]
+  if decode_ops.runs_here():
+    settings.append(("float32", "fused"))
+  if decode_ops.amx_runs_here():
+    settings.append(("bfloat16", "fused"))
+  reports = {}
+  for precision, ops in settings:
+    reports[precision, ops] = evaluate.run(_config(
+        tiny_run[0], tmp_path / f"{precision}-{ops}.json", input=(str(tiny_corpus),),
+        batch_size=2, chunk_tokens=64, precision=precision, decode_ops=ops))
+  base = {r["path"]: r for r in reports["float32", "tensorflow"]["files"]}
+  assert len(base) == 3
+  for (precision, ops), report in reports.items():
+    assert report["scored_by"] == ("saved_model" if (precision, ops) == ("float32", "tensorflow")
+                                   else "weights")
+    assert (report["config"]["precision"], report["config"]["decode_ops"]) == (precision, ops)
+    for row in report["files"]:
+      assert row["tokens"] == base[row["path"]]["tokens"]
+      assert row["nll"] == pytest.approx(base[row["path"]]["nll"],
+                                         rel=1e-5 if precision == "float32" else 1e-2)
+  bf16 = {r["path"]: r["nll"] for r in reports["bfloat16", "tensorflow"]["files"]}
+  assert bf16 != {path: r["nll"] for path, r in base.items()}
+  # What scored: the SavedModel, else a LanguageModel running those ops.
+  export_dir = str(tiny_run[0] / "export")
+  for precision, ops in settings:
+    model = evaluate.load_model(export_dir, _config(tiny_run[0], tmp_path / "r.json",
+                                                    input=(str(tiny_corpus),),
+                                                    precision=precision, decode_ops=ops))
+    if (precision, ops) == ("float32", "tensorflow"):
+      assert not isinstance(model, serving.LanguageModel)
+    else:
+      assert model.decode_ops == ops
+
+
+def test_fused_scoring_flags_are_checked_before_any_work(tiny_run, tiny_corpus, tmp_path,
+                                                         monkeypatch):
+  """A bad --decode_ops or --precision, fused bfloat16 without AMX and fused
+  on a GPU machine: errors that name the flag, and no report."""
+  with pytest.raises(ValueError, match="Unrecognized --decode_ops: 'xla'"):
+    _config(tiny_run[0], tmp_path / "r.json", input=(str(tiny_corpus),), decode_ops="xla")
+  with pytest.raises(ValueError, match="Unrecognized --precision: 'float16'"):
+    _config(tiny_run[0], tmp_path / "r.json", input=(str(tiny_corpus),), precision="float16")
+  monkeypatch.setattr(config_lib, "has_amx_bf16", lambda: False)
+  with pytest.raises(ValueError, match="--decode_ops=fused with --precision=bfloat16 runs its "
+                                       "products on AMX, which this CPU has not"):
+    _config(tiny_run[0], tmp_path / "r.json", input=(str(tiny_corpus),), decode_ops="fused",
+            precision="bfloat16")
+  real = tf.config.list_physical_devices
+  monkeypatch.setattr(tf.config, "list_physical_devices",
+                      lambda kind=None: ["/physical_device:GPU:0"] if kind == "GPU" else real(kind))
+  with pytest.raises(ValueError, match="--decode_ops=fused scores on the CPU; this machine has 1"):
+    evaluate.run(_config(tiny_run[0], tmp_path / "r.json", input=(str(tiny_corpus),),
+                         decode_ops="fused"))
+  assert not (tmp_path / "r.json").exists()
+
+
+def test_main_with_fused_flags(tiny_run, tiny_corpus, tmp_path):
+  from dataspec import decode_ops
+  if not decode_ops.runs_here():
+    pytest.skip("the fused decode op needs an x86-64 CPU with AVX2 and FMA")
+  with flagsaver.flagsaver():
+    eval_main.parse_flags(["prog", f"--model_dir={tiny_run[0]}",
+                           f"--input={tiny_corpus}/doc0.txt", f"--output={tmp_path / 'r.json'}",
+                           "--decode_ops=fused"])
+    eval_main.main(["prog"])
+  report = json.loads((tmp_path / "r.json").read_text())
+  assert (report["scored_by"], report["config"]["decode_ops"]) == ("weights", "fused")
