@@ -41,6 +41,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import machine  # pylint: disable=wrong-import-position
+import reference  # pylint: disable=wrong-import-position
 
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved rounds.", lower_bound=1)
 _BATCHES = flags.DEFINE_list("batch_sizes", ["1", "16"], "Documents scored side by side.")
@@ -54,37 +55,16 @@ _WORKER = flags.DEFINE_string("worker", None, "Internal: measure one implementat
 _SAVED_MODEL = flags.DEFINE_string("saved_model", None, "Internal: the SavedModel's path.")
 _BATCH = flags.DEFINE_integer("batch", 1, "Internal: the worker's batch size.")
 
-EMBEDDING, UNITS, LAYERS, WINDOW = 64, 256, 2, 128
-CORPUS = os.path.join(REPO, "data", "tinyshakespeare.txt")
+CORPUS = reference.CORPUS
 SETTINGS = {"saved_model": ("float32", "tensorflow"), "ours_fused": ("float32", "fused"),
             "ours_fused_bf16": ("bfloat16", "fused")}
-
-
-def reference_model(**options):
-  """The reference model with random weights, as a LanguageModel."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from dataspec import export as export_lib  # pylint: disable=g-import-not-at-top
-  from dataspec import serving  # pylint: disable=g-import-not-at-top
-  from dataspec import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-  from dataspec import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
-  text = open(CORPUS, encoding="utf-8").read()
-  tok_spec = tokenizer_lib.TokenizerSpec(type="char")
-  vocab = vocab_lib.select_vocab(
-      tokenizer_lib.Tokenizer(tok_spec, vocab=list(tokenizer_lib.RESERVED_TOKENS)).count(text),
-      max_vocab_size=0, min_count=1)
-  spec = export_lib.ModelSpec(vocab_size=len(vocab), embedding_dim=EMBEDDING, units=UNITS,
-                              num_layers=LAYERS, window_length=WINDOW)
-  rng = np.random.default_rng(0)
-  weights = {name: rng.normal(0, 0.1, shape).astype(np.float32)
-             for name, shape in export_lib.weight_shapes(spec).items()}
-  return serving.LanguageModel(spec, weights, tok_spec, vocab, **options)
 
 
 def save(path):
   """Writes the reference model's SavedModel (as an export's) at path."""
   from dataspec import lean_tensorflow  # pylint: disable=g-import-not-at-top,unused-import
   from dataspec import serving  # pylint: disable=g-import-not-at-top
-  serving.save(path, reference_model())
+  serving.save(path, reference.language_model(reference.corpus()))
 
 
 def work(impl, batch, doc_bytes, saved_model):
@@ -101,7 +81,8 @@ def work(impl, batch, doc_bytes, saved_model):
   size = os.path.getsize(CORPUS)
   start_rss = machine.peak_rss_mb()
   model = (tf.saved_model.load(saved_model) if impl == "saved_model" else
-           reference_model(precision=precision, decode_ops=ops))
+           reference.language_model(reference.corpus(), precision=precision,
+                                    decode_ops=ops))
   # The bundled corpus is ASCII: any byte offset is a character boundary.
   doc = lambda i, n: evaluate.Document(CORPUS, i * doc_bytes, i * doc_bytes + n, size)
   score = lambda docs: evaluate.score_documents(model, docs, batch_size=batch,
@@ -154,7 +135,8 @@ def main(_):
               f"{result['tokens_per_second']:,.0f} tokens/s, loss {result['loss']:.6f}, "
               f"peak RSS {result['peak_rss_mb']:,.0f} MB", flush=True)
   print(f"\n{machine.describe()} (after)")
-  print(f"\nmodel: {LAYERS}x LSTM {UNITS}, embedding {EMBEDDING}; each row one document of "
+  print(f"\nmodel: {reference.LAYERS}x LSTM {reference.UNITS}, embedding "
+        f"{reference.EMBEDDING}; each row one document of "
         f"{_DOC_BYTES.value:,} bytes; {_ROUNDS.value} rounds, medians\n")
   med = lambda i, b: statistics.median(r["tokens_per_second"] for r in results[i, b])
   others = [i for i in impls if i != "saved_model"] if "saved_model" in impls else []

@@ -79,6 +79,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import machine  # pylint: disable=wrong-import-position
+import reference  # pylint: disable=wrong-import-position
 
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved rounds (0: only --pairs).",
                                lower_bound=0)
@@ -103,11 +104,9 @@ _SERVE = flags.DEFINE_bool("serve", False, "Internal: with --worker, set up once
                            "measure on each request (machine.serve).")
 _BATCH = flags.DEFINE_integer("batch", 1, "Internal: the worker's batch size.")
 
-EMBEDDING, UNITS, LAYERS, WINDOW = 64, 256, 2, 128
-
-
-def corpus() -> str:
-  return open(os.path.join(REPO, "data", "tinyshakespeare.txt"), encoding="utf-8").read()
+EMBEDDING, UNITS, LAYERS, WINDOW = (reference.EMBEDDING, reference.UNITS, reference.LAYERS,
+                                    reference.WINDOW)
+corpus = reference.corpus
 
 
 def decode_rate(batch, new_tokens, many, one) -> float:
@@ -136,11 +135,8 @@ def work_ours(batch, new_tokens, *, precision="float32", signature=False,
   # As textgen-generate imports TensorFlow: without Keras.
   from dataspec import lean_tensorflow  # pylint: disable=g-import-not-at-top,unused-import
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from dataspec import export as export_lib  # pylint: disable=g-import-not-at-top
-  from dataspec import serving  # pylint: disable=g-import-not-at-top
   from dataspec import tf_allocator  # pylint: disable=g-import-not-at-top
   from dataspec import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-  from dataspec import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   tf_allocator.use_bfc_allocator()  # as textgen-generate does, before any op
   if decode_ops == "fused":
     from dataspec import decode_ops as decode_ops_lib  # pylint: disable=g-import-not-at-top
@@ -151,17 +147,7 @@ def work_ours(batch, new_tokens, *, precision="float32", signature=False,
     # Like textgen-generate, which keeps neither the weights it read (the
     # model has its own copy) nor more text than the prompts.
     text = corpus()
-    tok_spec = tokenizer_lib.TokenizerSpec(type="char")
-    vocab = vocab_lib.select_vocab(
-        tokenizer_lib.Tokenizer(tok_spec, vocab=list(tokenizer_lib.RESERVED_TOKENS)).count(text),
-        max_vocab_size=0, min_count=1)
-    spec = export_lib.ModelSpec(vocab_size=len(vocab), embedding_dim=EMBEDDING, units=UNITS,
-                                num_layers=LAYERS, window_length=WINDOW)
-    rng = np.random.default_rng(0)
-    weights = {name: rng.normal(0, 0.1, shape).astype(np.float32)
-               for name, shape in export_lib.weight_shapes(spec).items()}
-    lm = serving.LanguageModel(spec, weights, tok_spec, vocab, precision=precision,
-                               decode_ops=decode_ops)
+    lm = reference.language_model(text, precision=precision, decode_ops=decode_ops)
     # A different prompt in every row (128 chars = 128 tokens): rows with
     # the same prompt share one prefill, measured apart below ("shared").
     return lm, [text[i * WINDOW:(i + 1) * WINDOW] for i in range(batch)]
