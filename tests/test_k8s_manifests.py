@@ -21,7 +21,7 @@ from testutil import REPO
 
 K8S = os.path.join(REPO, "k8s")
 OVERLAYS = ["preprocess", "preprocess-dataflow", "train", "train-multiworker",
-            "train-jobset", "generate", "eval"]
+            "train-jobset", "generate", "eval", "generate-cpu", "eval-cpu"]
 K8S_VERSION = "1.33.0"
 COMMANDS = {"textgen-preprocess": preprocess_main, "textgen-train": train_main,
             "textgen-generate": generate_main, "textgen-eval": eval_main}
@@ -135,6 +135,21 @@ def test_every_flag_in_args_exists(overlay):
         if name.startswith("no") and name[2:] in known:
           continue
         assert name in known, f"{overlay}: {command} has no flag --{name}"
+
+
+@pytest.mark.parametrize("overlay,base", [("generate-cpu", "generate"), ("eval-cpu", "eval")])
+def test_cpu_variants_ask_for_no_gpu_and_run_the_fused_ops(overlay, base):
+  """The CPU variants: their base Job's args plus --decode_ops=fused, no GPU
+  in requests or limits, no GPU toleration, a name of their own."""
+  (job,), (base_job,) = _jobs(build(overlay)[1]), _jobs(build(base)[1])
+  pod, base_pod = job["spec"]["template"]["spec"], base_job["spec"]["template"]["spec"]
+  (container,), (base_container,) = pod["containers"], base_pod["containers"]
+  assert container["args"] == base_container["args"] + ["--decode_ops=fused"]
+  assert "nvidia.com/gpu" in base_container["resources"]["limits"]
+  for kind in ("requests", "limits"):
+    assert set(container["resources"][kind]) == {"cpu", "memory"}
+  assert "tolerations" in base_pod and "tolerations" not in pod
+  assert job["metadata"]["name"] == base_job["metadata"]["name"] + "-cpu"
 
 
 def test_settings_are_in_one_place():
